@@ -1,0 +1,28 @@
+"""Shared test setup: quiet TF, a private data/cache dir, the shared Flickr8k sample if set."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+
+@pytest.fixture(autouse=True)
+def _private_dirs(tmp_path_factory, monkeypatch):
+  """Keeps every test's GloVe cache and default data dir out of the user's home."""
+  monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+  monkeypatch.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
+
+
+@pytest.fixture
+def flickr8k_dir():
+  """The real partial Flickr8k named by $T2I_FLICKR8K_DIR (set by .ci/run), else skip."""
+  d = os.environ.get("T2I_FLICKR8K_DIR")
+  if not d:
+    pytest.skip("T2I_FLICKR8K_DIR is not set")
+  p = Path(d)
+  if not p.is_dir():
+    pytest.fail(f"T2I_FLICKR8K_DIR={d} is not a folder")
+  return p
