@@ -1,0 +1,1 @@
+"""Datasets: readers, TFDS builders and the tf.data input pipeline."""

@@ -1,0 +1,121 @@
+"""What the two TFDS builders share: the caption-tensor config and features.
+
+A prepared dataset is identified by its builder config: which GloVe source, which caption
+mode (sum/mean/sequence), the maximum sequence length, whether stopwords are removed, and
+(for Flickr8k) the image mode. Each combination is a separate TFDS config, so that training
+never touches GloVe text or JPEGs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2i_jax import glove as glove_lib
+from t2i_jax.errors import UserError
+
+IMAGE_SIZE = 64
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def default_data_dir() -> str:
+  """``$T2I_DATA_DIR``, else TFDS's usual ``~/tensorflow_datasets``."""
+  return os.environ.get("T2I_DATA_DIR") or str(Path.home() / "tensorflow_datasets")
+
+
+def quiet_tensorflow() -> None:
+  """Keeps TF's C++ logging and GPU probing out of the user's terminal."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("NO_GCE_CHECK", "true")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionSpec:
+  """How captions become tensors. It is stored with every checkpoint's config."""
+
+  glove: str | None = None  # None: the built-in GloVe 6B 50d
+  mode: str = "sum"  # sum | mean | sequence
+  max_len: int = 32  # sequence mode only
+  remove_stopwords: bool = True  # the paper's cleaning; False keeps relations ("above")
+  dtype: str = "float32"  # storage dtype of the caption tensor: float32 | float16
+
+  def __post_init__(self):
+    if self.mode not in glove_lib.MODES:
+      raise UserError(f"Unknown caption mode {self.mode!r}; use one of "
+                      f"{', '.join(glove_lib.MODES)}.")
+    if self.dtype not in ("float32", "float16"):
+      raise UserError(f"Unknown caption dtype {self.dtype!r}; use float32 or float16.")
+    if self.max_len < 1:
+      raise UserError(f"max_len must be at least 1, got {self.max_len}.")
+
+  @property
+  def glove_tag(self) -> str:
+    if self.glove in (None, "", glove_lib.DEFAULT_SOURCE):
+      return "glove6b50d"
+    p = Path(self.glove)
+    digest = hashlib.sha1(str(p.expanduser().resolve()).encode()).hexdigest()[:6]
+    stem = "".join(c if c.isalnum() else "_" for c in p.stem)
+    return f"{stem}_{digest}".lower()
+
+  @property
+  def tag(self) -> str:
+    """A short name for a TFDS config (letters, digits and underscores only)."""
+    parts = [self.glove_tag, self.mode]
+    if self.mode == "sequence":
+      parts.append(f"len{self.max_len}")
+    parts.append("stop" if self.remove_stopwords else "keepstop")
+    if self.dtype != "float32":
+      parts.append(self.dtype)
+    return "_".join(parts)
+
+  def load_glove(self) -> glove_lib.Glove:
+    return glove_lib.load(self.glove)
+
+  def features(self, dim: int) -> dict[str, Any]:
+    """TFDS feature entries for the caption tensor (and mask, in sequence mode)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    dt = np.float16 if self.dtype == "float16" else np.float32
+    if self.mode == "sequence":
+      return {
+          "caption_tensor": tfds.features.Tensor(shape=(self.max_len, dim), dtype=dt),
+          "caption_mask": tfds.features.Tensor(shape=(self.max_len,), dtype=np.bool_),
+      }
+    return {"caption_tensor": tfds.features.Tensor(shape=(dim,), dtype=dt)}
+
+  def encode(self, glove: glove_lib.Glove, caption: str) -> tuple[dict[str, Any], "CaptionStats"]:
+    """Cleans and encodes one caption into feature values plus OOV bookkeeping."""
+    from t2i_jax import text  # pylint: disable=import-outside-toplevel
+    clean = text.clean_caption(caption, remove_stopwords=self.remove_stopwords)
+    enc = glove.encode_tokens(clean.split(), self.mode, self.max_len)
+    dt = np.float16 if self.dtype == "float16" else np.float32
+    values = {"caption_tensor": enc.vector.astype(dt), "clean_caption": clean}
+    if enc.mask is not None:
+      values["caption_mask"] = enc.mask
+    return values, CaptionStats(enc.num_tokens, enc.num_oov, 1 if enc.num_tokens == 0 else 0,
+                                1 if enc.num_tokens and enc.num_oov == enc.num_tokens else 0)
+
+
+@dataclasses.dataclass
+class CaptionStats:
+  """Token and OOV counts, summed over a dataset for the prepare summary."""
+
+  tokens: int = 0
+  oov: int = 0
+  empty: int = 0  # captions with no word left after cleaning
+  all_oov: int = 0  # captions whose every word is out of vocabulary
+
+  def __iadd__(self, other: "CaptionStats") -> "CaptionStats":
+    self.tokens += other.tokens
+    self.oov += other.oov
+    self.empty += other.empty
+    self.all_oov += other.all_oov
+    return self
+
+  @property
+  def oov_rate(self) -> float:
+    return self.oov / self.tokens if self.tokens else 0.0

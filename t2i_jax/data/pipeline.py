@@ -1,0 +1,249 @@
+"""tf.data from a prepared TFDS dataset -> batches of numpy (or jax) arrays.
+
+Why an in-memory table: the prepared sets are small (full Flickr8k at 64x64 is ~100 MB of
+distinct images, the default shapes set ~250 MB), so one pass over the TFRecords loads a
+*table*: distinct images once as uint8, caption tensors per pair. Batches are then gathered
+by tf.data from a numpy permutation of the pair indices. That gives:
+
+* a true global shuffle whose order is a pure function of (seed, epoch);
+* starting at any step of any epoch in O(1), so a resumed run sees exactly the batches it
+  would have seen (``start_step``);
+* the very same permutation for the on-device path (``epoch_permutation``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from t2i_jax.data import common
+from t2i_jax.errors import UserError
+
+NUMERIC_KEYS = ("image", "text", "mask")
+
+
+def caption_spec(config) -> common.CaptionSpec:
+  """The caption spec named by an experiment config."""
+  return common.CaptionSpec(
+      glove=config.get("glove") or None,
+      mode=config.get("caption_mode", "sum"),
+      max_len=config.get("max_caption_len", 32),
+      remove_stopwords=config.get("remove_stopwords", True),
+      dtype=config.get("caption_dtype", "float32"),
+  )
+
+
+def get_builder(config):
+  """The TFDS builder (not necessarily prepared) for an experiment config."""
+  common.quiet_tensorflow()
+  name = config.get("dataset", "shapes")
+  data_dir = config.get("data_dir") or common.default_data_dir()
+  spec = caption_spec(config)
+  if name == "shapes":
+    from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
+    return shapes.make_builder(spec, data_dir=data_dir,
+                               num_images=config.get("num_images", 20000),
+                               seed=config.get("shapes_seed", 0))
+  if name == "flickr8k":
+    from t2i_jax.data import flickr8k  # pylint: disable=import-outside-toplevel
+    return flickr8k.make_builder(spec, data_dir=data_dir,
+                                 image_mode=config.get("image_mode", "paper"))
+  raise UserError(f"Unknown dataset {name!r}; use 'shapes' or 'flickr8k'.")
+
+
+def is_prepared(builder) -> bool:
+  """True only for a complete dataset: TFDS writes into a temp folder and renames at the end."""
+  return builder.is_prepared()
+
+
+def ensure_prepared(config, builder=None):
+  """Prepares shapes on first use; for Flickr8k asks for `t2i prepare` unless a manual dir is set."""
+  builder = builder or get_builder(config)
+  if is_prepared(builder):
+    return builder
+  if config.get("dataset", "shapes") == "flickr8k" and not config.get("manual_dir"):
+    raise UserError(
+        f"Flickr8k is not prepared in {builder.data_dir}. Run `t2i prepare flickr8k "
+        f"--manual-dir DIR --data-dir {config.get('data_dir') or common.default_data_dir()}` "
+        "first, or set --config.manual_dir=DIR.")
+  from t2i_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  prepare.prepare(builder, manual_dir=config.get("manual_dir") or None)
+  return builder
+
+
+def split_request(config, role: str) -> tuple[list[str], Any]:
+  """Maps a role ('train', 'test', 'dev', 'compositional') to TFDS splits and a pair filter.
+
+  Flickr8k is stored once, by official image split (``train``/``dev``/``test``/``unlisted``);
+  the paper split is a filter on the caption index (#4 is test, #0-3 train) over all of them.
+  """
+  if config.get("dataset", "shapes") != "flickr8k":
+    return [role], None
+  scheme = config.get("split_scheme", "paper")
+  if scheme == "paper":
+    if role not in ("train", "test"):
+      raise UserError(f"The paper split has only train and test, not {role!r}.")
+    splits = ["train", "dev", "test", "unlisted"]
+    if role == "train":
+      return splits, lambda ci: ci < 4
+    return splits, lambda ci: ci == 4
+  if scheme == "official":
+    return [role], None
+  raise UserError(f"Unknown split scheme {scheme!r}; use 'paper' or 'official'.")
+
+
+@dataclasses.dataclass
+class Table:
+  """One split in memory. ``images`` holds each distinct image once; pairs point into it."""
+
+  images: np.ndarray  # [M, 64, 64, 3] uint8
+  image_index: np.ndarray  # [N] int32, pair -> row of `images`
+  text: np.ndarray  # [N, D] or [N, T, D] float32
+  mask: np.ndarray | None  # [N, T] bool in sequence mode
+  caption_index: np.ndarray  # [N] int32
+  image_ids: np.ndarray  # [M] str
+  captions: np.ndarray  # [N] str (raw)
+  clean_captions: np.ndarray  # [N] str
+  extras: dict[str, np.ndarray]  # per-pair extra features (e.g. shapes attributes)
+
+  def __len__(self) -> int:
+    return int(self.text.shape[0])
+
+  def subset(self, keep: np.ndarray) -> "Table":
+    """The pairs where ``keep`` is True (images are kept as they are)."""
+    return dataclasses.replace(
+        self, image_index=self.image_index[keep], text=self.text[keep],
+        mask=None if self.mask is None else self.mask[keep],
+        caption_index=self.caption_index[keep], captions=self.captions[keep],
+        clean_captions=self.clean_captions[keep],
+        extras={k: v[keep] for k, v in self.extras.items()})
+
+  def pairs(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric batch for pair indices ``idx`` (host-side gather)."""
+    out = {"image": self.images[self.image_index[idx]], "text": self.text[idx]}
+    if self.mask is not None:
+      out["mask"] = self.mask[idx]
+    return out
+
+
+_STRING_KEYS = ("image_id", "caption", "clean_caption", "split")
+
+
+def _read_split(builder, split: str) -> dict[str, np.ndarray]:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  opts = tf.data.Options()
+  opts.deterministic = True
+  ds = ds.with_options(opts).batch(4096).prefetch(2)
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in tfds.as_numpy(ds):
+    for k, v in batch.items():
+      parts.setdefault(k, []).append(v)
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def load_table(config, role: str, builder=None) -> Table:
+  """Reads one split (role) of the prepared dataset named by ``config`` into memory."""
+  builder = builder or ensure_prepared(config)
+  splits, pair_filter = split_request(config, role)
+  available = set(builder.info.splits.keys())
+  missing = [s for s in splits if s not in available]
+  if len(missing) == len(splits):
+    raise UserError(
+        f"Split {role!r} is not in the prepared {builder.name} ({', '.join(sorted(available))})."
+        + (" The official split needs the Flickr_8k.*Images.txt lists, which this copy lacks; "
+           "use --config.split_scheme=paper." if config.get("dataset") == "flickr8k" else ""))
+  cols: dict[str, list[np.ndarray]] = {}
+  for s in splits:
+    if s in available:
+      for k, v in _read_split(builder, s).items():
+        cols.setdefault(k, []).append(v)
+  data = {k: np.concatenate(v) for k, v in cols.items()}
+  image_ids = data["image_id"].astype(str)
+  uniq, first, inverse = np.unique(image_ids, return_index=True, return_inverse=True)
+  text = data["caption_tensor"].astype(np.float32)
+  known = {"image", "caption_tensor", "caption_mask", "caption_index", *_STRING_KEYS}
+  table = Table(
+      images=np.ascontiguousarray(data["image"][first]),
+      image_index=inverse.astype(np.int32).reshape(-1),
+      text=text,
+      mask=data.get("caption_mask"),
+      caption_index=data["caption_index"].astype(np.int32),
+      image_ids=uniq,
+      captions=data["caption"].astype(str),
+      clean_captions=data["clean_caption"].astype(str),
+      extras={k: v for k, v in data.items() if k not in known},
+  )
+  if pair_filter is not None:
+    table = table.subset(pair_filter(table.caption_index))
+  if len(table) == 0:
+    raise UserError(f"Split {role!r} of {builder.name} is empty; prepare the dataset again.")
+  return table
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+  """The order of pairs in ``epoch``: a pure function of (seed, epoch)."""
+  if not shuffle:
+    return np.arange(num_examples)
+  rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x7215]))
+  return rng.permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+  if drop_remainder:
+    return num_examples // batch_size
+  return -(-num_examples // batch_size)
+
+
+def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0,
+                 start_step: int = 0, shuffle: bool = True, drop_remainder: bool = True,
+                 chunk: int = 0, prefetch: int = 2):
+  """A tf.data.Dataset of one epoch of batches, starting at ``start_step``.
+
+  ``chunk`` > 0 groups that many consecutive batches into one element of shape
+  [chunk, batch, ...] (the last chunk of an epoch may be shorter), for a jitted
+  ``lax.scan`` over optimiser steps.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if batch_size < 1:
+    raise UserError(f"batch_size must be at least 1, got {batch_size}.")
+  n = len(table)
+  steps = steps_per_epoch(n, batch_size, drop_remainder)
+  if steps == 0:
+    raise UserError(f"batch_size {batch_size} is larger than the split ({n} pairs); "
+                    "lower --config.batch_size.")
+  perm = epoch_permutation(n, seed, epoch, shuffle)[: steps * batch_size if drop_remainder else n]
+  perm = perm[start_step * batch_size:]
+  images = tf.constant(table.images)
+  image_index = tf.constant(table.image_index)
+  text = tf.constant(table.text)
+  mask = None if table.mask is None else tf.constant(table.mask)
+
+  def gather(idx):
+    out = {"image": tf.gather(images, tf.gather(image_index, idx)), "text": tf.gather(text, idx)}
+    if mask is not None:
+      out["mask"] = tf.gather(mask, idx)
+    return out
+
+  ds = tf.data.Dataset.from_tensor_slices(perm.astype(np.int64))
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(gather)
+  if chunk:
+    ds = ds.batch(chunk)
+  opts = tf.data.Options()
+  opts.deterministic = True
+  opts.experimental_optimization.map_parallelization = True
+  return ds.with_options(opts).prefetch(prefetch)
+
+
+def iterate(table: Table, *, as_jax: bool = False, **kwargs) -> Iterator[dict[str, Any]]:
+  """Yields the batches of ``make_dataset`` as numpy arrays (or jax arrays on the default device)."""
+  ds = make_dataset(table, **kwargs)
+  for batch in ds.as_numpy_iterator():
+    if as_jax:
+      import jax  # pylint: disable=import-outside-toplevel
+      batch = jax.device_put(batch)
+    yield batch
