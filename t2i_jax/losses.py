@@ -212,3 +212,33 @@ def psnr(
   chex.assert_equal_shape([recon, target])
   mse = jnp.maximum(_per_example_mean(jnp.square(recon - target)), mse_floor)
   return _batch_mean(-10.0 * jnp.log10(mse), mask)
+
+
+LOSSES = ("paper",)
+# The config keys ``compute_loss`` may read (plus any key starting with "loss_"); the trainer
+# passes only these, so that runs differing in anything else share compiled steps.
+LOSS_CONFIG_KEYS = ("loss", "kl_weight")
+
+
+def loss_config(config) -> dict:
+  """The part of ``config`` that ``compute_loss`` depends on, as a plain dict."""
+  return {k: config[k] for k in config.keys()
+          if k in LOSS_CONFIG_KEYS or str(k).startswith("loss_")}
+
+
+def compute_loss(
+    config, outputs: Mapping[str, Array], batch: Mapping[str, Array],
+    mask: ArrayLike | None = None,
+) -> tuple[Array, dict[str, Array]]:
+  """The training objective named by ``config.loss``: the one switch the trainer uses.
+
+  ``config`` is a ConfigDict or dict (only LOSS_CONFIG_KEYS and "loss_*" keys are read).
+  ``batch['image']`` must already be float in [0, 1]. Returns (loss, metrics) with at
+  least 'loss', 'mse' and 'kl' (scalars), so logs stay comparable across objectives.
+  """
+  name = config.get("loss", "paper")
+  if name == "paper":
+    return paper_loss(outputs["recon"], batch["image"], outputs["mean"], outputs["logvar"],
+                      kl_weight=config.get("kl_weight", 1.0), mask=mask)
+  from t2i_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  raise UserError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.")

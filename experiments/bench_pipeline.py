@@ -1,0 +1,96 @@
+"""Benchmark: prepare time and peak memory, then tf.data batches per second.
+
+Command (shared Flickr8k sample, as in the README table):
+  python -m experiments.bench_pipeline --config.dataset=flickr8k \
+      --config.manual_dir=$T2I_FLICKR8K_DIR --config.data_dir=/tmp/t2i_bench
+Or the built-in shapes set (default, 20,000 images):
+  python -m experiments.bench_pipeline --config.data_dir=/tmp/t2i_bench
+
+It prepares into ``data_dir`` (delete it to time a cold prepare; an already prepared set is
+reported with prepare_seconds 0), loads the train split, and times ``epochs`` passes of the
+pipeline at each batch size. The last line printed is JSON.
+Expected (2-core Xeon, 24 GiB, CPU only): see the README's benchmark table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "dataset": "shapes",
+      "data_dir": "",
+      "manual_dir": "",
+      "image_mode": "paper",
+      "split_scheme": "paper",
+      "glove": "",
+      "caption_mode": "sum",
+      "max_caption_len": 32,
+      "remove_stopwords": True,
+      "caption_dtype": "float32",
+      "num_images": 20000,
+      "shapes_seed": 0,
+      "batch_sizes": (1, 64, 1024),
+      "max_batches": 20000,  # per batch size: caps the batch-1 pass
+      "seed": 0,
+  })
+
+
+def run(config) -> dict:
+  from t2i_jax import bench  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  builder = pipeline.get_builder(config)
+  was_prepared = builder.is_prepared()
+  t0 = time.perf_counter()
+  pipeline.ensure_prepared(config, builder)
+  prep_s = 0.0 if was_prepared else time.perf_counter() - t0
+  prep_mem = bench.peak_rss_mb()
+  t0 = time.perf_counter()
+  table = pipeline.load_table(config, "train", builder)
+  load_s = time.perf_counter() - t0
+  rows = []
+  for bs in config.batch_sizes:
+    ds = pipeline.make_dataset(table, batch_size=bs, seed=config.seed, epoch=0)
+    n = 0
+    t0 = time.perf_counter()
+    for i, batch in enumerate(ds.as_numpy_iterator()):
+      n += batch["image"].shape[0]
+      if i + 1 >= config.max_batches:
+        break
+    dt = time.perf_counter() - t0
+    rows.append({"batch_size": bs, "examples": n, "seconds": round(dt, 3),
+                 "examples_per_s": round(n / dt, 1)})
+    print(f"batch {bs:5d}: {n:7d} examples in {dt:6.2f} s = {n / dt:10.1f} examples/s")
+  result = {
+      "machine": bench.machine(), "dataset": builder.name, "config": builder.builder_config.name,
+      "train_pairs": len(table), "distinct_images": int(table.images.shape[0]),
+      "prepare_seconds": round(prep_s, 1), "already_prepared": was_prepared,
+      "prepare_peak_rss_mb": prep_mem["peak_rss_mb"],
+      "prepare_peak_child_rss_mb": prep_mem["peak_child_rss_mb"],
+      "load_seconds": round(load_s, 2), "rows": rows, **{
+          f"final_{k}": v for k, v in bench.peak_rss_mb().items()},
+  }
+  return result
+
+
+def main(argv: list[str]) -> int:
+  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
+  from t2i_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs.apply_overrides(get_config(), argv)
+    result = run(config)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"machine: {result['machine']}")
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,302 @@
+"""Experiment configs: shared defaults, ``--config.key=value`` overrides, JSON round trips.
+
+An experiment is a Python module with ``get_config()`` returning an ``ml_collections``
+``ConfigDict``; every experiment starts from ``base_config()`` so that all of them share one
+set of key names, which the trainer, the checkpoints and the CLI rely on. Overrides are typed
+by the field they replace, so ``--config.batch_size=abc`` fails before any data is loaded,
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+from t2i_jax.errors import UserError
+
+_PREFIX = "--config."
+
+# Sub-dicts whose keys are free-form (constructor or optimiser keyword arguments): an
+# override may add a key there, whose value is then read as a Python literal.
+OPEN_DICTS = ("model_kwargs", "optimizer_kwargs")
+
+_TRUE = ("true", "1", "yes", "y", "on")
+_FALSE = ("false", "0", "no", "n", "off")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every shared key with its default; experiments copy this and change what they need."""
+  c = ml_collections.ConfigDict()
+  # Data (see t2i_jax.data.pipeline).
+  c.dataset = "shapes"  # shapes | flickr8k
+  c.data_dir = ""  # TFDS data dir; '' = $T2I_DATA_DIR or ~/tensorflow_datasets
+  c.manual_dir = ""  # Flickr8k source folder, used to prepare it on first use
+  c.image_mode = "paper"  # Flickr8k image preprocessing
+  c.split_scheme = "paper"  # Flickr8k: 'paper' (caption #4 is test) or 'official'
+  c.glove = ""  # '' = built-in GloVe 6B 50d, else a path to a GloVe text file
+  c.caption_mode = "sum"  # sum | mean | sequence
+  c.max_caption_len = 32  # sequence mode only
+  c.remove_stopwords = True
+  c.caption_dtype = "float32"
+  c.num_images = 20000  # shapes only
+  c.shapes_seed = 0  # shapes only
+  # Model and objective.
+  c.model = "model1"  # a name from t2i_jax.models.available_models()
+  c.model_kwargs = ml_collections.ConfigDict()  # overrides of the model's defaults
+  c.loss = "paper"  # see t2i_jax.losses.LOSSES
+  c.kl_weight = 1.0
+  c.obs_sigma = 0.1  # decoder scale of the reported negative ELBO (losses.negative_elbo)
+  # Optimisation.
+  c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam
+  c.optimizer_kwargs = ml_collections.ConfigDict()
+  c.learning_rate = 1e-3
+  c.batch_size = 64
+  c.num_epochs = 15
+  c.max_steps = 0  # stop after this many optimiser steps in total; 0 = no limit
+  c.seed = 0
+  c.steps_per_scan = 64  # optimiser steps per jitted lax.scan call
+  # Evaluation, logging and checkpoints.
+  c.eval_batch_size = 256
+  c.eval_every_epochs = 1
+  c.sample_latent_eval = True  # sample z at evaluation, as the paper does
+  c.log_every_steps = 1000  # 0 = only per epoch
+  c.checkpoint_every_steps = 5000  # 0 = only at epoch ends and at the end
+  c.keep_checkpoints = 3
+  return c
+
+
+def paper_config(model: str, learning_rate: float) -> ml_collections.ConfigDict:
+  """The paper's setup (SEED.md) for ``model``, shared by experiments.model1-3.
+
+  Flickr8k with the paper's caption-#4 split and preprocessing, sums of GloVe 6B 50d
+  vectors of stopword-free captions, batch 1, Keras RMSprop, 15 epochs, and z sampled at
+  evaluation too.
+  """
+  c = base_config()
+  c.dataset = "flickr8k"
+  c.image_mode = "paper"
+  c.split_scheme = "paper"
+  c.glove = ""  # GloVe 6B 50d
+  c.caption_mode = "sum"
+  c.remove_stopwords = True
+  c.model = model
+  c.loss = "paper"
+  c.kl_weight = 1.0
+  c.optimizer = "rmsprop"
+  c.learning_rate = learning_rate
+  c.batch_size = 1
+  c.num_epochs = 15
+  c.sample_latent_eval = True
+  c.steps_per_scan = 256  # batch 1 is dispatch-bound: one jitted call runs 256 steps
+  c.eval_batch_size = 256
+  c.log_every_steps = 2048
+  c.checkpoint_every_steps = 8192
+  return c
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      keys.extend(_flat_keys(v, prefix + k + "."))
+  return keys
+
+
+def _literal(text: str) -> Any:
+  """A Python literal if ``text`` is one, else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _parse_scalar(kind: type, text: str) -> Any:
+  if kind is bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+      return True
+    if low in _FALSE:
+      return False
+    raise ValueError(text)
+  if kind is int:
+    try:
+      return int(text.strip().replace("_", ""))
+    except ValueError:
+      f = float(text)  # accepts 1e5
+      if not f.is_integer():
+        raise
+      return int(f)
+  if kind is float:
+    return float(text)
+  if kind is str:
+    return text
+  raise ValueError(text)
+
+
+def _coerce_scalar(kind: type, value: Any) -> Any:
+  """An element already parsed by literal_eval, checked against ``kind``."""
+  if isinstance(value, str):
+    return _parse_scalar(kind, value)
+  if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  if kind is int and isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if kind is bool and isinstance(value, bool):
+    return value
+  if kind is str:
+    return str(value)
+  raise ValueError(repr(value))
+
+
+def _parse_sequence(current: Sequence[Any], text: str) -> tuple | list:
+  stripped = text.strip()
+  if stripped[:1] in "([":
+    items = ast.literal_eval(stripped)
+    if not isinstance(items, (list, tuple)):
+      raise ValueError(text)
+  elif not stripped:
+    items = []
+  else:
+    items = [_literal(s.strip()) for s in stripped.split(",") if s.strip()]
+  if current:
+    kind = type(current[0])
+    items = [_coerce_scalar(kind, v) for v in items]
+  return tuple(items) if isinstance(current, tuple) else list(items)
+
+
+def parse_value(current: Any, text: str) -> Any:
+  """``text`` parsed as the type of ``current``; ValueError when it is not one."""
+  if isinstance(current, bool):
+    return _parse_scalar(bool, text)
+  if isinstance(current, (int, float, str)):
+    return _parse_scalar(type(current), text)
+  if isinstance(current, (tuple, list)):
+    return _parse_sequence(current, text)
+  if isinstance(current, (dict, ml_collections.ConfigDict)):
+    value = ast.literal_eval(text)
+    if not isinstance(value, dict):
+      raise ValueError(text)
+    return ml_collections.ConfigDict(value)
+  return _literal(text)  # None or another type: best effort
+
+
+def _type_name(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    inner = f" of {type(value[0]).__name__}" if value else ""
+    return f"{type(value).__name__}{inner} (comma-separated)"
+  if isinstance(value, bool):
+    return "bool (true/false/1/0)"
+  if isinstance(value, ml_collections.ConfigDict):
+    return "dict"
+  return type(value).__name__
+
+
+def _split_overrides(argv: Iterable[str]) -> list[tuple[str, str]]:
+  argv = list(argv)
+  out = []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if not arg.startswith(_PREFIX):
+      raise UserError(f"Unexpected argument {arg!r}; overrides look like --config.key=value.")
+    body = arg[len(_PREFIX):]
+    if "=" in body:
+      key, value = body.split("=", 1)
+    else:
+      if i + 1 >= len(argv):
+        raise UserError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE.")
+      key, value = body, argv[i + 1]
+      i += 1
+    if not key:
+      raise UserError(f"Empty config key in {arg!r}; write --config.key=value.")
+    out.append((key, value))
+    i += 1
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    argv: Iterable[str]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``--config.a.b=value`` / ``--config.a.b value`` applied.
+
+  The value's type is the existing field's (bool accepts true/false/1/0, sequences accept
+  ``1,2`` or a Python literal). Unknown keys and unparsable values raise a UserError that
+  names the key; keys inside OPEN_DICTS may be added (their value is a Python literal).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, text in _split_overrides(argv):
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+      child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+      if not isinstance(child, ml_collections.ConfigDict):
+        _unknown_key(config, ".".join(parts[:depth + 1]))
+      node = child
+    leaf = parts[-1]
+    if leaf not in node:
+      if len(parts) >= 2 and parts[-2] in OPEN_DICTS:
+        node[leaf] = _literal(text)
+        continue
+      _unknown_key(config, key)
+    current = node[leaf]
+    try:
+      value = parse_value(current, text)
+    except (ValueError, SyntaxError, TypeError):
+      raise UserError(f"--config.{key}: expected {_type_name(current)}, got {text!r}.") from None
+    # Replace rather than assign through the field so a dict/None field can change type.
+    del node[leaf]
+    node[leaf] = value
+  return config
+
+
+def _unknown_key(config: ml_collections.ConfigDict, key: str) -> None:
+  known = _flat_keys(config)
+  close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  raise UserError(f"Unknown config key {key!r}.{hint} Known keys: {', '.join(known)}.")
+
+
+def load_config_module(path_or_module_name: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a module given as a file path or a dotted module name."""
+  name = str(path_or_module_name)
+  try:
+    if name.endswith(".py") or Path(name).is_file():
+      path = Path(name)
+      if not path.is_file():
+        raise UserError(f"Config file {name} does not exist.")
+      spec = importlib.util.spec_from_file_location(f"_t2i_config_{path.stem}", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+    else:
+      module = importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    raise UserError(f"Cannot import config module {name!r} ({e}); give a path to a .py "
+                    "file or a module name such as experiments.model1.") from None
+  if not hasattr(module, "get_config"):
+    raise UserError(f"Config module {name!r} has no get_config() function.")
+  return module.get_config()
+
+
+def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Plain JSON-safe dict of ``config`` (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _tuplify(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _tuplify(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuplify(v) for v in value)
+  return value
+
+
+def from_json_dict(data: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Inverse of ``to_json_dict``: JSON has no tuples, and configs use tuples for sequences."""
+  return ml_collections.ConfigDict(_tuplify(data))

@@ -1,0 +1,129 @@
+"""The tf.data pipeline over a prepared (tiny) shapes dataset."""
+
+import chex
+import ml_collections
+import numpy as np
+import pytest
+
+from t2i_jax.data import pipeline, prepare
+
+
+def _config(data_dir, **kw):
+  c = ml_collections.ConfigDict({
+      "dataset": "shapes", "data_dir": str(data_dir), "num_images": 60, "shapes_seed": 3,
+      "caption_mode": "sequence", "max_caption_len": 12, "remove_stopwords": False,
+      "caption_dtype": "float16", "glove": ""})
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  cfg = _config(tmp_path_factory.mktemp("tfds"))
+  summary = prepare.prepare(pipeline.get_builder(cfg), quiet=True)
+  return cfg, summary
+
+
+def test_prepare_summary_and_noop(prepared, capsys):
+  cfg, summary = prepared
+  assert summary["pairs_per_split"] == {"compositional": 15, "test": 15, "train": 270}
+  assert summary["oov_rate"] == 0.0 and summary["tokens"] > 0
+  again = prepare.prepare(pipeline.get_builder(cfg))
+  assert "Already prepared" in capsys.readouterr().out
+  assert again["pairs_per_split"] == summary["pairs_per_split"]
+
+
+def test_table_dedupes_images(prepared):
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "train")
+  assert len(t) == 270 and t.images.shape == (54, 64, 64, 3)
+  assert t.images.dtype == np.uint8 and t.text.shape == (270, 12, 50)
+  # each image has its 5 captions, with indices 0..4
+  for i in range(len(t.image_ids)):
+    assert sorted(t.caption_index[t.image_index == i].tolist()) == [0, 1, 2, 3, 4]
+  assert {"stated", "attr_present", "attr_background"} <= set(t.extras)
+
+
+def _batches(table, **kw):
+  return list(pipeline.iterate(table, **kw))
+
+
+def test_batches_shapes_dtypes_and_determinism(prepared):
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "train")
+  a = _batches(t, batch_size=16, seed=1, epoch=0)
+  assert len(a) == 270 // 16
+  for b in a:
+    chex.assert_shape(b["image"], (16, 64, 64, 3))
+    chex.assert_type(b["image"], np.uint8)
+    chex.assert_shape(b["text"], (16, 12, 50))
+    chex.assert_type(b["text"], np.float32)
+    chex.assert_shape(b["mask"], (16, 12))
+  b2 = _batches(t, batch_size=16, seed=1, epoch=0)
+  for x, y in zip(a, b2):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["text"], y["text"])
+  other_epoch = _batches(t, batch_size=16, seed=1, epoch=1)
+  other_seed = _batches(t, batch_size=16, seed=2, epoch=0)
+  assert not np.array_equal(a[0]["text"], other_epoch[0]["text"])
+  assert not np.array_equal(a[0]["text"], other_seed[0]["text"])
+
+
+def test_start_step_resumes_exact_order(prepared):
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "train")
+  full = _batches(t, batch_size=8, seed=5, epoch=2)
+  tail = _batches(t, batch_size=8, seed=5, epoch=2, start_step=7)
+  assert len(tail) == len(full) - 7
+  for x, y in zip(full[7:], tail):
+    np.testing.assert_array_equal(x["text"], y["text"])
+    np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_epoch_is_a_permutation_and_remainder(prepared):
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "test")  # 15 pairs
+  kept = _batches(t, batch_size=4, seed=0, shuffle=False, drop_remainder=False)
+  assert [len(b["text"]) for b in kept] == [4, 4, 4, 3]
+  np.testing.assert_array_equal(np.concatenate([b["text"] for b in kept]), t.text)
+  perm = pipeline.epoch_permutation(len(t), seed=0, epoch=0)
+  assert sorted(perm.tolist()) == list(range(len(t)))
+
+
+def test_chunks_for_scan(prepared):
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "train")
+  chunks = _batches(t, batch_size=10, seed=0, chunk=4)
+  assert [c["image"].shape[:2] for c in chunks] == [(4, 10)] * 6 + [(3, 10)]
+  flat = _batches(t, batch_size=10, seed=0)
+  np.testing.assert_array_equal(np.concatenate([c["text"] for c in chunks]),
+                                np.stack([b["text"] for b in flat]))
+
+
+def test_as_jax(prepared):
+  import jax
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "test")
+  b = next(pipeline.iterate(t, batch_size=5, as_jax=True))
+  assert isinstance(b["image"], jax.Array)
+
+
+def test_interrupted_prepare_is_not_complete(tmp_path, monkeypatch):
+  from t2i_jax.data import shapes
+  cfg = _config(tmp_path, num_images=30, shapes_seed=9)
+  real = shapes._render_chunk
+  calls = {"n": 0}
+
+  def dying(args):
+    calls["n"] += 1
+    if calls["n"] > 1:
+      raise KeyboardInterrupt
+    return real(args)
+
+  monkeypatch.setattr(shapes, "_render_chunk", dying)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.prepare(pipeline.get_builder(cfg), quiet=True)
+  assert not pipeline.get_builder(cfg).is_prepared()
+  monkeypatch.setattr(shapes, "_render_chunk", real)
+  s = prepare.prepare(pipeline.get_builder(cfg), quiet=True)
+  assert sum(s["pairs_per_split"].values()) == 150

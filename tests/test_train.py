@@ -1,0 +1,305 @@
+"""Tests for the trainer: outputs of a run, chunking, exact resume, overrides, evaluation.
+
+One tiny shapes dataset (40 images: 180 train / 10 test pairs) and a tiny paper VAE keep the
+file fast; the compiled steps are shared by every run in the process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from t2i_jax import checkpoint, configs, train
+from t2i_jax.data import pipeline
+from t2i_jax.errors import UserError
+
+TINY = {"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}
+TOTAL = 30  # optimiser steps of the reference run: 22 steps per epoch, so 1.4 epochs
+STOP = 15  # where the interrupted run stops: mid-chunk, mid-epoch, off the log grid
+
+
+def _config(data_dir, **changes) -> ml_collections.ConfigDict:
+  c = configs.base_config()
+  c.dataset = "shapes"
+  c.data_dir = str(data_dir)
+  c.num_images = 40
+  c.model_kwargs = TINY
+  c.batch_size = 8
+  c.num_epochs = 2
+  c.max_steps = TOTAL
+  c.steps_per_scan = 8
+  c.checkpoint_every_steps = 10
+  c.log_every_steps = 5
+  c.eval_batch_size = 4
+  c.keep_checkpoints = 3
+  for k, v in changes.items():
+    c[k] = v
+  return c
+
+
+def _equal_trees(a, b) -> bool:
+  return all(jax.tree.leaves(jax.tree.map(
+      lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)))
+
+
+def _records(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A reference run of TOTAL steps, and one stopped at STOP and resumed to TOTAL."""
+  base = tmp_path_factory.getbasetemp()
+  with pytest.MonkeyPatch.context() as mp:  # what conftest sets, for a module-scoped fixture
+    mp.setenv("T2I_CACHE_DIR", str(base / "cache"))
+    mp.setenv("T2I_DATA_DIR", str(base / "tfds"))
+    data_dir = base / "train_tfds"
+    config = _config(data_dir)
+    full_dir, resumed_dir = base / "full", base / "resumed"
+    full = train.train_and_evaluate(config, full_dir)
+    train.train_and_evaluate(_config(data_dir, max_steps=STOP), resumed_dir)
+    resumed = train.train_and_evaluate(config, resumed_dir)
+    yield {"config": config, "full": full, "full_dir": full_dir, "resumed": resumed,
+           "resumed_dir": resumed_dir, "data_dir": data_dir}
+
+
+# --------------------------------------------------------------------------- full loop
+
+
+def test_run_writes_metrics_config_run_info_tensorboard_and_checkpoints(runs):
+  w = runs["full_dir"]
+  assert int(runs["full"].step) == TOTAL
+  assert json.loads((w / "config.json").read_text()) == configs.to_json_dict(runs["config"])
+  run = json.loads((w / "run.json").read_text())
+  assert run["param_count"] == sum(x.size for x in jax.tree.leaves(runs["full"].params))
+  assert run["backend"] == jax.default_backend() and run["steps_per_epoch"] == 22
+  assert run["sessions"][0]["start_step"] == 0 and "jax" in run["versions"]
+  assert list((w / "tensorboard").glob("events.out.tfevents.*"))
+
+  recs = _records(w)
+  train_steps = [r["step"] for r in recs if r["split"] == "train" and r["scope"] == "steps"]
+  assert train_steps == [5, 10, 15, 20, 25, 30]
+  epoch = [r for r in recs if r["scope"] == "epoch"]
+  assert [(r["split"], r["step"], r["epoch"]) for r in epoch] == [("train", 22, 1),
+                                                                 ("test", 22, 1)]
+  test = epoch[1]
+  for key in ("loss", "mse", "kl", "paper_accuracy", "psnr", "nelbo_nats", "bits_per_dim"):
+    assert np.isfinite(test[key]), key
+  assert test["num_examples"] == 10 and epoch[0]["epoch_time_s"] > 0
+  assert {(r["split"], r["scope"]) for r in recs if r["step"] == TOTAL} >= {
+      ("train", "final"), ("test", "final")}
+
+  # Saves at 10, 20, the epoch end (22) and the end (30); the last three are kept.
+  assert checkpoint.latest_step(w) == TOTAL
+  assert sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit()) == [
+      20, 22, 30]
+
+
+def test_restore_for_inference_needs_no_optimizer(runs, tmp_path):
+  config, params, step = checkpoint.restore_for_inference(runs["full_dir"])
+  assert step == TOTAL and config.model == "model1"
+  assert tuple(config.model_kwargs.decoder_dims) == TINY["decoder_dims"]
+  assert _equal_trees(params, runs["full"].params)
+  with pytest.raises(UserError, match="no checkpoint in .*train first"):
+    checkpoint.restore_for_inference(tmp_path)
+  assert checkpoint.latest_step(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resumed_run_is_bitwise_identical_to_an_uninterrupted_one(runs):
+  assert int(runs["resumed"].step) == TOTAL
+  assert _equal_trees(runs["resumed"].params, runs["full"].params)
+  assert _equal_trees(runs["resumed"].opt_state, runs["full"].opt_state)
+  # Same data order and randomness: the logged losses match too (all but the stop's extra
+  # 'final' records at STOP).
+  full = [r for r in _records(runs["full_dir"]) if r["step"] != STOP or r["scope"] != "final"]
+  resumed = [r for r in _records(runs["resumed_dir"])
+             if r["step"] != STOP or r["scope"] != "final"]
+  assert [(r["step"], r["split"], r["scope"]) for r in full] == [
+      (r["step"], r["split"], r["scope"]) for r in resumed]
+  for a, b in zip(full, resumed):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+  sessions = json.loads((runs["resumed_dir"] / "run.json").read_text())["sessions"]
+  assert [s["start_step"] for s in sessions] == [0, STOP]
+
+
+def test_finished_run_is_a_no_op(runs, capsys):
+  w = runs["full_dir"]
+  before = (w / "metrics.jsonl").read_text()
+  steps = sorted(p.name for p in (w / "checkpoints").iterdir())
+  state = train.train_and_evaluate(runs["config"], w)
+  assert "already holds a finished run" in capsys.readouterr().out
+  assert int(state.step) == TOTAL and _equal_trees(state.params, runs["full"].params)
+  assert (w / "metrics.jsonl").read_text() == before
+  assert sorted(p.name for p in (w / "checkpoints").iterdir()) == steps
+
+
+def test_resume_with_another_model_config_is_refused(runs):
+  changed = _config(runs["data_dir"], model_kwargs={**TINY, "latent_dim": 5})
+  with pytest.raises(UserError, match="another config.*model_kwargs"):
+    train.train_and_evaluate(changed, runs["full_dir"])
+
+
+# ------------------------------------------------------------------- steps and chunks
+
+
+@pytest.fixture(scope="module")
+def state_and_batches():
+  # The runs' model and shapes, so the K=8 program compiled for them is reused here.
+  config = _config("unused")
+  rng = np.random.default_rng(0)
+  batches = {"image": rng.integers(0, 256, (8, 8, 64, 64, 3), dtype=np.uint8),
+             "text": rng.normal(size=(8, 8, 50)).astype(np.float32)}
+  state = train.create_train_state(config, jax.random.key(1),
+                                   jax.tree.map(lambda x: x[0], batches))
+  return state, batches, jax.random.key(2)
+
+
+def test_chunking_does_not_change_the_result(state_and_batches):
+  state, batches, rng = state_and_batches
+  one = state
+  losses_one = []
+  for i in range(8):
+    one, m = train.train_chunk(one, jax.tree.map(lambda x: x[i:i + 1], batches), rng)
+    losses_one.append(float(m["loss"]))
+  eight, m8 = train.train_chunk(state, batches, rng)
+  assert int(eight.step) == int(one.step) == 8 and int(m8["nonfinite_step"]) == -1
+  chex.assert_trees_all_close(eight.params, one.params, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(float(m8["loss"]), np.mean(losses_one), rtol=1e-6)
+  # A chunk cut short (padding skipped) continues exactly: the same program runs every step.
+  split, m5 = train.train_chunk(state, batches, rng, 5)
+  rest = jax.tree.map(lambda x: np.concatenate([x[5:], np.zeros_like(x[:5])]), batches)
+  split, _ = train.train_chunk(split, rest, rng, 3)
+  assert int(split.step) == 8 and _equal_trees(split.params, eight.params)
+  np.testing.assert_allclose(float(m5["loss"]), np.mean(losses_one[:5]), rtol=1e-6)
+
+
+def test_nonfinite_loss_names_the_step(state_and_batches, tmp_path):
+  state, batches, rng = state_and_batches
+  bad = dict(batches, text=batches["text"].copy())
+  bad["text"][3] = np.nan
+  _, m = train.train_chunk(state, bad, rng)
+  assert int(m["nonfinite_step"]) == 4  # the 4th optimiser step
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(train.NonFiniteLossError, match="non-finite at step 4"):
+      train.on_nonfinite(4, 1, ckpt)
+
+
+class TrainStepTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_train_step_matches_the_scanned_step(self):
+    # Shapes of `state_and_batches` (chex test cases take no fixtures), so the scanned K=1
+    # step compiled there is reused.
+    config = _config("unused")
+    rng = np.random.default_rng(3)
+    batch = {"image": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
+             "text": rng.normal(size=(8, 50)).astype(np.float32)}
+    state = train.create_train_state(config, jax.random.key(1), batch)
+    key = jax.random.key(4)
+    new, metrics = self.variant(train.train_step)(state, batch, key)
+    assert int(new.step) == 1
+    assert set(metrics) >= {"loss", "mse", "kl", "paper_accuracy"}
+    chex.assert_tree_all_finite(metrics)
+    scanned, _ = train.train_chunk(state, jax.tree.map(lambda x: x[None], batch), key)
+    chex.assert_trees_all_close(new.params, scanned.params, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+def test_evaluation_counts_every_test_example_exactly_once(runs):
+  config = runs["config"]
+  table = pipeline.load_table(config, "test")
+  assert len(table) == 10
+  seen = []
+
+  def recording_step(params, batch, rng):
+    del params, rng
+    keep = batch[train.EXAMPLE_MASK] > 0
+    seen.append(batch["text"][keep])
+    return {"mse": float(np.mean(batch["text"][keep]))}  # a mean over the real examples
+
+  out = train.evaluate(recording_step, None, table, batch_size=4, rng=jax.random.key(0),
+                       progress=False)
+  assert out["num_examples"] == 10
+  rows = np.concatenate(seen)
+  np.testing.assert_array_equal(rows[np.lexsort(rows.T)], table.text[np.lexsort(table.text.T)])
+  np.testing.assert_allclose(out["mse"], table.text.mean(), rtol=1e-5)
+
+  # The real eval step with a padded last batch equals one unpadded pass over all 10.
+  deterministic = _config(runs["data_dir"], sample_latent_eval=False)
+  step = train.make_eval_step(deterministic, runs["full"].apply_fn)
+  params = runs["full"].params
+  padded = train.evaluate(step, params, table, batch_size=4, rng=jax.random.key(0),
+                          progress=False)
+  whole = train.evaluate(step, params, table, batch_size=64, rng=jax.random.key(0),
+                         progress=False)
+  for k in ("loss", "mse", "kl", "paper_accuracy", "psnr", "nelbo_nats", "bits_per_dim"):
+    np.testing.assert_allclose(padded[k], whole[k], rtol=1e-5, err_msg=k)
+
+
+# -------------------------------------------------------------------------- overrides
+
+
+def test_overrides_parse_by_field_type():
+  c = configs.apply_overrides(configs.base_config(), [
+      "--config.batch_size=16", "--config.learning_rate", "1e-2", "--config.model=model3",
+      "--config.remove_stopwords=false", "--config.sample_latent_eval=1",
+      "--config.max_steps=1e3", "--config.model_kwargs.decoder_dims=32,64",
+      "--config.model_kwargs.latent_dim=7"])
+  assert (c.batch_size, c.learning_rate, c.model, c.max_steps) == (16, 1e-2, "model3", 1000)
+  assert c.remove_stopwords is False and c.sample_latent_eval is True
+  assert c.model_kwargs.to_dict() == {"decoder_dims": (32, 64), "latent_dim": 7}
+  nested = ml_collections.ConfigDict({"a": {"b": 1.5, "t": (1, 2)}})
+  nested = configs.apply_overrides(nested, ["--config.a.b=3", "--config.a.t=(4, 5, 6)"])
+  assert nested.a.b == 3.0 and isinstance(nested.a.b, float) and nested.a.t == (4, 5, 6)
+  assert configs.base_config().batch_size == 64  # the input is not modified
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("--config.batch_sise=4", r"Unknown config key 'batch_sise'.*Did you mean batch_size"),
+    ("--config.model_kwarg.x=1", r"Unknown config key 'model_kwarg'.*model_kwargs"),
+    ("--config.batch_size=four", r"--config.batch_size: expected int, got 'four'"),
+    ("--config.remove_stopwords=maybe", r"remove_stopwords: expected bool"),
+    ("--config.learning_rate=fast", r"learning_rate: expected float"),
+    ("--config.batch_size", r"needs a value"),
+    ("--batch_size=4", r"Unexpected argument"),
+])
+def test_bad_overrides_are_one_line_user_errors(arg, match):
+  with pytest.raises(UserError, match=match) as e:
+    configs.apply_overrides(configs.base_config(), [arg])
+  assert "\n" not in str(e.value)
+
+
+def test_experiment_configs_and_main(tmp_path, capsys):
+  for name, lr in (("model1", 1e-2), ("model2", 1e-3), ("model3", 1e-3)):
+    c = configs.load_config_module(f"experiments.{name}")
+    assert (c.dataset, c.model, c.learning_rate, c.batch_size, c.num_epochs) == (
+        "flickr8k", name, lr, 1, 15)
+    assert c.caption_mode == "sum" and c.remove_stopwords and c.sample_latent_eval
+  path = tmp_path / "my_exp.py"
+  path.write_text("from t2i_jax import configs\n"
+                  "def get_config():\n  c = configs.base_config()\n  c.seed = 7\n  return c\n")
+  assert configs.load_config_module(str(path)).seed == 7
+  with pytest.raises(UserError, match="Cannot import config module"):
+    configs.load_config_module("experiments.nope")
+
+  from experiments import model1  # pylint: disable=import-outside-toplevel
+  assert model1.main(["--workdir", str(tmp_path / "w"), "--config.bogus=1"]) == 2
+  assert model1.main(["--config.seed=1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[0].startswith("error: Unknown config key 'bogus'")
+  assert err[1].startswith("error: --workdir is required")
+  assert "TBD" in model1.get_config.__doc__ and "python -m experiments.model1" in (
+      model1.get_config.__doc__)
+  assert sys.modules["experiments.model1"] is model1
