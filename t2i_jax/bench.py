@@ -39,3 +39,47 @@ def peak_rss_mb() -> dict[str, float]:
   self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   return {"peak_rss_mb": round(self_kb / 1024, 1), "peak_child_rss_mb": round(child_kb / 1024, 1)}
+
+
+class TreePeakRSS:
+  """Samples the summed RSS of this process and all its descendants in a thread.
+
+  ``ru_maxrss`` misses pool workers (they are grandchildren under forkserver), so the
+  prepare benchmark reports this sum instead: a conservative peak for the whole job, since
+  pages shared between processes are counted once per process.
+  """
+
+  def __init__(self, interval: float = 0.1):
+    self.interval = interval
+    self.peak_mb = 0.0
+    self._stop = None
+    self._thread = None
+
+  def _sample(self) -> float:
+    import psutil  # pylint: disable=import-outside-toplevel
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+      try:
+        total += p.memory_info().rss
+      except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return total / 2**20
+
+  def _run(self):
+    while not self._stop.is_set():
+      self.peak_mb = max(self.peak_mb, self._sample())
+      self._stop.wait(self.interval)
+
+  def __enter__(self):
+    import threading  # pylint: disable=import-outside-toplevel
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak_mb = max(self.peak_mb, self._sample())
+    return False

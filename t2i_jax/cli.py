@@ -30,13 +30,39 @@ def _cmd_prepare(args) -> None:
     cfg.image_mode = args.image_mode
     manual_dir = args.manual_dir
     from t2i_jax.data import flickr8k  # pylint: disable=import-outside-toplevel
-    flickr8k.open_source(manual_dir)  # fail fast, in one line, on a wrong folder
+    source = flickr8k.open_source(manual_dir)  # fail fast, in one line, on a wrong folder
+    if args.strict:
+      flickr8k.check_complete(source)
     flickr8k.PREPARE_OPTIONS.update(strict=args.strict, num_workers=args.workers)
   else:
     cfg.num_images = args.num_images
     cfg.shapes_seed = args.seed
   builder = pipeline.get_builder(cfg)
   prepare.prepare(builder, manual_dir=manual_dir)
+
+
+def _cmd_train(args) -> int:
+  from t2i_jax import configs, train  # pylint: disable=import-outside-toplevel
+  config = configs.load_config_module(args.config)
+  return train.main_from_module(lambda: config, ["--workdir", args.workdir, *args.rest])
+
+
+def _cmd_sample(args) -> None:
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  n = args.n if args.n is not None else (1 if args.mean else 8)
+  print(sample.sample_grid(args.workdir, args.captions, n=n, seed=args.seed, out=args.out,
+                           sample_latent=not args.mean))
+
+
+def _cmd_compare(args) -> None:
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  print(sample.compare_grid(args.workdir, num=args.num, n=args.n, seed=args.seed, out=args.out,
+                            data_dir=args.data_dir))
+
+
+def _cmd_plot(args) -> None:
+  from t2i_jax import plots  # pylint: disable=import-outside-toplevel
+  print(plots.plot_curves(args.workdir, out=args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +87,40 @@ def build_parser() -> argparse.ArgumentParser:
   pp.add_argument("--num-images", type=int, default=20000, help="shapes: images in all")
   pp.add_argument("--seed", type=int, default=0, help="shapes: generator seed")
   pp.set_defaults(func=_cmd_prepare)
+
+  pt = sub.add_parser("train", help="train the experiment of a config file (resumes W)",
+                      description="Trains get_config() of CONFIG with --config.KEY=VALUE "
+                      "overrides; rerun the same command to resume.")
+  pt.add_argument("config", help="a .py file with get_config(), or a module such as "
+                  "experiments.model1")
+  pt.add_argument("--workdir", required=True, help="folder for checkpoints and metrics")
+  pt.set_defaults(func=_cmd_train, accepts_rest=True)
+
+  ps = sub.add_parser("sample", help="a PNG grid of generated images for your captions")
+  ps.add_argument("--workdir", required=True, help="a training run's folder")
+  ps.add_argument("captions", nargs="+", help="captions in quotes, one grid row each")
+  ps.add_argument("-n", type=int, default=None, help="images per caption (default 8; "
+                  "1 with --mean)")
+  ps.add_argument("--seed", type=int, default=0)
+  ps.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_<step>.png)")
+  ps.add_argument("--mean", action="store_true",
+                  help="decode the posterior mean instead of sampling z")
+  ps.set_defaults(func=_cmd_sample, intermixed=ps)  # captions before or after the options
+
+  pc = sub.add_parser("compare", help="test images beside samples from their captions")
+  pc.add_argument("--workdir", required=True, help="a training run's folder")
+  pc.add_argument("--num", type=int, default=8, help="test pairs (rows)")
+  pc.add_argument("-n", "--n", dest="n", type=int, default=4, help="samples per pair")
+  pc.add_argument("--seed", type=int, default=0, help="picks the pairs and the samples")
+  pc.add_argument("--out", help="PNG path (default: WORKDIR/samples/compare_<step>.png)")
+  pc.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
+                  "run's config says")
+  pc.set_defaults(func=_cmd_compare)
+
+  pl = sub.add_parser("plot", help="loss and accuracy curves per epoch as a PNG")
+  pl.add_argument("--workdir", required=True, help="a training run's folder")
+  pl.add_argument("--out", help="PNG path (default: WORKDIR/plots/curves.png)")
+  pl.set_defaults(func=_cmd_plot)
   return p
 
 
@@ -68,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
+  if getattr(args, "intermixed", None) is not None:
+    args, rest = args.intermixed.parse_intermixed_args(argv[1:]), []
   args.rest = rest
   if rest and not getattr(args, "accepts_rest", False):
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:
-    args.func(args)
+    status = args.func(args)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -80,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print("interrupted: nothing was marked complete; run the same command again to resume.",
           file=sys.stderr)
     return 130
-  return 0
+  return status or 0
 
 
 if __name__ == "__main__":

@@ -146,6 +146,11 @@ def _read_split(builder, split: str) -> dict[str, np.ndarray]:
   return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def _utf8(values: np.ndarray) -> np.ndarray:
+  """TF strings arrive as bytes; captions may be any UTF-8 (cafés, quotes)."""
+  return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values])
+
+
 def load_table(config, role: str, builder=None) -> Table:
   """Reads one split (role) of the prepared dataset named by ``config`` into memory."""
   builder = builder or ensure_prepared(config)
@@ -163,7 +168,7 @@ def load_table(config, role: str, builder=None) -> Table:
       for k, v in _read_split(builder, s).items():
         cols.setdefault(k, []).append(v)
   data = {k: np.concatenate(v) for k, v in cols.items()}
-  image_ids = data["image_id"].astype(str)
+  image_ids = _utf8(data["image_id"])
   uniq, first, inverse = np.unique(image_ids, return_index=True, return_inverse=True)
   text = data["caption_tensor"].astype(np.float32)
   known = {"image", "caption_tensor", "caption_mask", "caption_index", *_STRING_KEYS}
@@ -174,8 +179,8 @@ def load_table(config, role: str, builder=None) -> Table:
       mask=data.get("caption_mask"),
       caption_index=data["caption_index"].astype(np.int32),
       image_ids=uniq,
-      captions=data["caption"].astype(str),
-      clean_captions=data["clean_caption"].astype(str),
+      captions=_utf8(data["caption"]),
+      clean_captions=_utf8(data["clean_caption"]),
       extras={k: v for k, v in data.items() if k not in known},
   )
   if pair_filter is not None:

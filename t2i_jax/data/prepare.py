@@ -63,6 +63,7 @@ def prepare(builder, manual_dir: str | None = None, quiet: bool = False) -> dict
   except OSError as e:
     raise UserError(f"Cannot create the data folder {builder.data_dir}: {e.strerror}; "
                     "pass a writable --data-dir.") from None
+  tfds.disable_progress_bar()  # the builders show one tqdm bar of their own
   dl_config = tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   try:
