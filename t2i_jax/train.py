@@ -282,7 +282,7 @@ def evaluate(eval_step: Callable[..., Metrics], params: Any, table, *, batch_siz
   Batches have one fixed shape (one compilation): the last one is zero-padded and masked.
   Adds 'num_examples'.
   """
-  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(table)
   size = max(1, min(batch_size, n))
@@ -466,15 +466,6 @@ def _validate(config) -> None:
     raise UserError(f"Unknown loss {config.loss!r}; choose one of: {', '.join(losses.LOSSES)}.")
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  """tf.data runs on the host; a full TensorFlow would otherwise grab accelerator memory."""
-  from t2i_jax.data import common  # pylint: disable=import-outside-toplevel
-  common.quiet_tensorflow()
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except (RuntimeError, ValueError):
-    pass
 
 
 def _fmt(metrics: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -492,11 +483,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   Returns:
     The final TrainState.
   """
-  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
 
   _validate(config)
   workdir = Path(workdir).expanduser()
-  _hide_gpus_from_tensorflow()
+  common.host_only_tensorflow()
   builder = pipeline.ensure_prepared(config)
   train_table = pipeline.load_table(config, "train", builder)
   test_table = pipeline.load_table(config, "test", builder)
@@ -515,7 +506,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer, tra
            test_table, spe: int, total: int) -> TrainState:
   """The body of ``train_and_evaluate`` once the data is loaded: init or resume, then loop."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
 
   chunk_len = int(config.steps_per_scan)
   latest = checkpointer.latest_step()

@@ -34,6 +34,16 @@ def quiet_tensorflow() -> None:
   os.environ.setdefault("NO_GCE_CHECK", "true")
 
 
+def host_only_tensorflow() -> None:
+  """tf.data runs on the host; a full TensorFlow would otherwise grab accelerator memory."""
+  quiet_tensorflow()
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):
+    pass  # already initialised: too late to change, and harmless on CPU-only builds
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionSpec:
   """How captions become tensors. It is stored with every checkpoint's config."""

@@ -1,9 +1,10 @@
 """Model registry: one name -> one flax module factory, so configs and the CLI name models.
 
 Every registered model follows the interface documented in ``t2i_jax.models.paper``:
-``model.apply({'params': p}, text, image_or_None, train=bool, rngs={'sample': k,
-'dropout': k2})`` returns a dict with 'recon', 'mean', 'logvar', 'z' (plus 'prior_mean',
-'prior_logvar' for models with a learned prior).
+``model.apply({'params': p}, text, image_or_None, mask=caption_mask_or_None, train=bool,
+rngs={'sample': k, 'dropout': k2})`` returns a dict with 'recon', 'mean', 'logvar', 'z'
+(plus 'prior_mean', 'prior_logvar' for models with a learned prior). ``mask`` is the
+[B, T] caption mask of sequence mode; models that read a caption vector ignore it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from t2i_jax.errors import UserError
-from t2i_jax.models import paper
+from t2i_jax.models import cvae, paper
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -21,6 +22,7 @@ _REGISTRY: dict[str, ModelFactory] = {
     "model1": paper.model1,
     "model2": paper.model2,
     "model3": paper.model3,
+    "cvae": cvae.cvae,
 }
 
 
@@ -46,4 +48,4 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   return factory(**kwargs)
 
 
-__all__ = ["available_models", "get_model", "register_model", "paper"]
+__all__ = ["available_models", "cvae", "get_model", "register_model", "paper"]

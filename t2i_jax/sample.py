@@ -1,0 +1,379 @@
+"""Trained run -> images: restore, encode captions as training did, generate, draw grids.
+
+Nothing here builds an optimiser or imports the trainer: ``load_generator`` reads the
+parameters and the config of the latest checkpoint (``checkpoint.restore_for_inference``)
+and rebuilds the model and the caption encoder from that config alone, so a caption is
+cleaned and embedded exactly as the training captions were.
+
+Randomness: sample ``j`` of caption ``i`` decodes with ``fold_in(fold_in(key(seed), i), j)``,
+so a grid is a pure function of (checkpoint, captions, seed), and asking for more samples
+or more captions extends a grid without changing what was already in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from t2i_jax import checkpoint as checkpoint_lib
+from t2i_jax import models
+from t2i_jax.data import common
+from t2i_jax.data import common, pipeline
+from t2i_jax.errors import UserError
+
+TILE = 128  # 64x64 images are upscaled 2x (nearest) so that they stay readable
+PAD = 4  # gap between tiles, and the outer margin
+LABEL_WIDTH = 240  # row-label column, left of the images
+LABEL_LINES = 7  # wrapped caption lines kept per row; longer captions end with "..."
+HEADER = 20  # column-label band above the first row, when there are column labels
+FONT_SIZE = 13
+_MESSAGE_CHARS = 60  # how much of a caption an error or warning quotes
+
+
+def _cut(text: str, limit: int) -> str:
+  flat = " ".join(str(text).split())
+  return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def short(caption: str, limit: int = _MESSAGE_CHARS) -> str:
+  """``caption`` on one line, cut to ``limit`` characters, quoted: for one-line messages."""
+  return repr(_cut(caption, limit))
+
+
+@dataclasses.dataclass
+class Generator:
+  """What sampling needs from a trained run; build it with ``load_generator``."""
+
+  workdir: Path
+  config: ml_collections.ConfigDict
+  params: Any
+  step: int
+  model: Any
+  spec: common.CaptionSpec
+  glove: Any  # t2i_jax.glove.Glove
+
+  @property
+  def accepts_temperature(self) -> bool:
+    """True when the model's ``generate`` takes a ``temperature`` keyword (future models)."""
+    params = inspect.signature(self.model.generate).parameters
+    return "temperature" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_generator(workdir: str | Path) -> Generator:
+  """The latest checkpoint of ``workdir`` with its model, caption spec and GloVe vectors."""
+  path = Path(workdir).expanduser()
+  if not path.exists():
+    raise UserError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
+  if not path.is_dir():
+    raise UserError(f"workdir {workdir} is not a folder; pass the --workdir of a training run.")
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax notes that a read-only reader is read-only
+  try:
+    config, params, step = checkpoint_lib.restore_for_inference(path)
+  finally:
+    absl_logger.setLevel(level)
+  kwargs = config.get("model_kwargs") or {}
+  if isinstance(kwargs, ml_collections.ConfigDict):
+    kwargs = kwargs.to_dict()
+  model = models.get_model(config.model, **kwargs)
+  spec = pipeline.caption_spec(config)
+  return Generator(workdir=path, config=config, params=params, step=step, model=model,
+                   spec=spec, glove=spec.load_glove())
+
+
+def _oov_words(words: Sequence[str], glove) -> list[str]:
+  """Distinct out-of-vocabulary words of ``words``, in order of first appearance."""
+  return list(dict.fromkeys(glove.oov(words)))
+
+
+def encode_captions(gen: Generator, captions: Sequence[str]) -> np.ndarray:
+  """Caption strings -> the float32 tensors training saw, [C, D] (or [C, T, D] in sequence mode).
+
+  Each caption is cleaned by the run's caption spec (the paper's cleaning, with or without
+  stopwords). Out-of-vocabulary words add nothing to the tensor, as in training; they are
+  named in one warning line per caption on stderr. A caption left with no word, or with no
+  word GloVe knows, would decode the same image as the empty caption: that is a UserError,
+  raised before any warning is printed.
+  """
+  if isinstance(captions, str):
+    captions = [captions]
+  if not captions:
+    raise UserError("no caption given; pass at least one caption in quotes.")
+  out, warnings = [], []
+  for caption in captions:
+    values, stats = gen.spec.encode(gen.glove, caption)
+    words = values["clean_caption"].split()
+    if not words:
+      raise UserError(
+          f"caption {short(caption)} has no words left after cleaning (digits, punctuation, "
+          f"non-Latin letters{' and stopwords' if gen.spec.remove_stopwords else ''} are "
+          "removed); describe the image in English words.")
+    if stats.oov == stats.tokens:
+      raise UserError(
+          f"caption {short(caption)}: none of its words are in the GloVe vocabulary "
+          f"({_cut(', '.join(_oov_words(words, gen.glove)[:5]), _MESSAGE_CHARS)}); use common "
+          "English words.")
+    if stats.oov:
+      oov = _oov_words(words, gen.glove)
+      listed = _cut(", ".join(oov[:10]), 3 * _MESSAGE_CHARS) + (
+          f" (+{len(oov) - 10} more)" if len(oov) > 10 else "")
+      warnings.append(f"caption {short(caption)}: {stats.oov} of {stats.tokens} words are not "
+                      f"in the GloVe vocabulary and are ignored: {listed}")
+    known = stats.tokens - stats.oov
+    if gen.spec.mode == "sequence" and known > gen.spec.max_len:
+      warnings.append(f"caption {short(caption)}: {known} known words; the model reads only "
+                      f"the first {gen.spec.max_len}.")
+    out.append(np.asarray(values["caption_tensor"]).astype(np.float32))
+  for line in warnings:
+    print(f"warning: {line}", file=sys.stderr)
+  return np.stack(out)
+
+
+MAX_BATCH = 256  # images per jitted call; larger requests run in several calls
+
+
+@functools.lru_cache(maxsize=8)
+def _generate_fn(model):
+  """A jitted ``(params, text [B, ...], caption_id [B], sample_id [B], key) -> uint8 images``.
+
+  Row ``b`` decodes with ``fold_in(fold_in(key, caption_id[b]), sample_id[b])``. Cached per
+  (hashable) module, so repeated loads of one run reuse the compiled program.
+  """
+
+  @functools.partial(jax.jit, static_argnames=("sample_latent", "temperature"))
+  def fn(params, text, caption_id, sample_id, key, *, sample_latent, temperature):
+    kwargs = {} if temperature is None else {"temperature": temperature}
+
+    def one(row, i, j):
+      k = jax.random.fold_in(jax.random.fold_in(key, i), j)
+      image = model.apply({"params": params}, row[None], k, sample_latent, method="generate",
+                          **kwargs)
+      return image[0]
+
+    images = jax.vmap(one)(text, caption_id, sample_id)
+    images = jnp.nan_to_num(images.astype(jnp.float32), nan=0.0)
+    return jnp.clip(jnp.round(images * 255.0), 0, 255).astype(jnp.uint8)
+
+  return fn
+
+
+def _batch_size(total: int) -> int:
+  """A power of two >= ``total`` (at least 8, at most MAX_BATCH): few distinct compilations."""
+  return min(MAX_BATCH, max(8, 1 << (total - 1).bit_length()))
+
+
+def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 0, *,
+                          sample_latent: bool = True, temperature: float = 1.0) -> np.ndarray:
+  """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3]; see the module docstring.
+
+  Requests are padded to a power-of-two batch, so that grids of other sizes do not compile
+  again.
+  """
+  if n < 1:
+    raise UserError(f"the number of samples must be at least 1, got {n}.")
+  temp = None
+  if temperature != 1.0:
+    if not gen.accepts_temperature:
+      raise UserError(f"model {gen.config.model!r} has no sampling temperature; leave it at 1.")
+    temp = float(temperature)
+  text = np.asarray(text, np.float32)
+  num = text.shape[0]
+  caption_id = np.repeat(np.arange(num, dtype=np.int32), n)
+  sample_id = np.tile(np.arange(n, dtype=np.int32), num)
+  total = num * n
+  size = _batch_size(total)
+  fn = _generate_fn(gen.model)
+  key = jax.random.key(int(seed))
+  outputs = []
+  for start in range(0, total, size):
+    rows = np.arange(start, start + size) % total  # the last call is padded with repeats
+    outputs.append(fn(gen.params, text[caption_id[rows]], caption_id[rows], sample_id[rows],
+                      key, sample_latent=bool(sample_latent), temperature=temp))
+  images = np.concatenate([np.asarray(o) for o in jax.device_get(outputs)])[:total]
+  return images.reshape((num, n) + images.shape[1:])
+
+
+def generate(gen: Generator, captions: Sequence[str], n: int, seed: int = 0, *,
+             sample_latent: bool = True, temperature: float = 1.0) -> np.ndarray:
+  """Captions -> uint8 images [C, n, 64, 64, 3].
+
+  ``sample_latent`` decodes a sample of q(z | caption) (the paper) or, when False, its mean
+  (then all ``n`` columns are the same image). ``temperature`` reaches models whose
+  ``generate`` accepts it; other models refuse any value but 1.
+  """
+  text = encode_captions(gen, captions)
+  return generate_from_tensors(gen, text, n, seed, sample_latent=sample_latent,
+                               temperature=temperature)
+
+
+# ------------------------------------------------------------------------------ grids
+
+
+def _font(size: int = FONT_SIZE):
+  from PIL import ImageFont  # pylint: disable=import-outside-toplevel
+  try:
+    return ImageFont.load_default(size=size)
+  except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+    return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
+  """Greedy word wrap to ``width`` pixels; overlong words are cut, extra lines become '...'."""
+  words = _cut(text, 80 * max_lines).split()  # more than fits; a 100k-char caption is cheap
+  lines: list[str] = []
+  line = ""
+  for word in words:
+    while font.getlength(word) > width:  # a word wider than the column: hard-cut it
+      cut = max(1, int(len(word) * width / max(font.getlength(word), 1)) - 1)
+      if line:
+        lines.append(line)
+        line = ""
+      lines.append(word[:cut])
+      word = word[cut:]
+    candidate = f"{line} {word}" if line else word
+    if font.getlength(candidate) <= width:
+      line = candidate
+    else:
+      lines.append(line)
+      line = word
+    if len(lines) > max_lines:
+      break
+  if line:
+    lines.append(line)
+  if len(lines) > max_lines:
+    lines = lines[:max_lines]
+    last = lines[-1]
+    while last and font.getlength(last + "...") > width:
+      last = last[:-1]
+    lines[-1] = last + "..."
+  return lines
+
+
+def _draw_text(draw, xy, text: str, font) -> None:
+  """Draws ``text``; characters the font cannot encode become '?' rather than an error."""
+  try:
+    draw.text(xy, text, fill=(20, 20, 20), font=font)
+  except UnicodeEncodeError:
+    draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=(20, 20, 20),
+              font=font)
+
+
+def grid_layout(rows: int, cols: int, col_labels: bool = False) -> dict[str, int]:
+  """Pixel geometry of a grid: canvas size and the top-left corner of tile (0, 0)."""
+  top = PAD + (HEADER if col_labels else 0)
+  left = PAD + LABEL_WIDTH + PAD
+  return {"width": left + cols * (TILE + PAD), "height": top + rows * (TILE + PAD),
+          "left": left, "top": top, "step": TILE + PAD}
+
+
+def atomic_save(save, path: str | Path) -> Path:
+  """Calls ``save(tmp_path)`` and renames the result to ``path``: no half-written file."""
+  path = Path(path).expanduser()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    save(tmp)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return path
+
+
+def save_grid(images: np.ndarray, row_labels: Sequence[str], path: str | Path,
+              col_labels: Sequence[str] | None = None) -> Path:
+  """Writes uint8 images [R, K, H, W, 3] as a PNG grid, each row's label wrapped on its left.
+
+  Tiles are upscaled to TILE pixels with nearest neighbour (no smoothing to hide detail).
+  Returns the path written.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  images = np.asarray(images)
+  if images.ndim != 5 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [rows, cols, H, W, 3], got {images.shape}")
+  rows, cols = images.shape[:2]
+  if len(row_labels) != rows:
+    raise ValueError(f"{rows} rows but {len(row_labels)} row labels")
+  if col_labels is not None and len(col_labels) != cols:
+    raise ValueError(f"{cols} columns but {len(col_labels)} column labels")
+  g = grid_layout(rows, cols, col_labels is not None)
+  canvas = Image.new("RGB", (g["width"], g["height"]), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  font = _font()
+  line_h = FONT_SIZE + 3
+  if col_labels is not None:
+    for c, label in enumerate(col_labels):
+      text = _wrap(label, font, TILE, 1)
+      _draw_text(draw, (g["left"] + c * g["step"], PAD + 2), text[0] if text else "", font)
+  for r in range(rows):
+    y = g["top"] + r * g["step"]
+    for i, line in enumerate(_wrap(row_labels[r], font, LABEL_WIDTH, LABEL_LINES)):
+      _draw_text(draw, (PAD, y + 2 + i * line_h), line, font)
+    for c in range(cols):
+      tile = Image.fromarray(np.asarray(images[r, c], np.uint8)).resize(
+          (TILE, TILE), Image.Resampling.NEAREST)
+      canvas.paste(tile, (g["left"] + c * g["step"], y))
+  return atomic_save(lambda tmp: canvas.save(tmp, format="PNG"), path)
+
+
+# ----------------------------------------------------------------- command-line flows
+
+
+def default_sample_path(gen: Generator) -> Path:
+  return gen.workdir / "samples" / f"sample_{gen.step}.png"
+
+
+def sample_grid(workdir: str | Path, captions: Sequence[str], *, n: int = 8, seed: int = 0,
+                out: str | Path | None = None, sample_latent: bool = True) -> Path:
+  """``t2i sample``: one row per caption, ``n`` generated images each."""
+  gen = load_generator(workdir)
+  images = generate(gen, captions, n, seed, sample_latent=sample_latent)
+  cols = [f"sample {j + 1}" if sample_latent else "posterior mean" for j in range(n)]
+  return save_grid(images, list(captions), out or default_sample_path(gen), col_labels=cols)
+
+
+
+
+def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0,
+                 out: str | Path | None = None, data_dir: str | None = None) -> Path:
+  """``t2i compare``: test pairs of the run's dataset, the real image beside ``n`` samples.
+
+  The pairs are the first ``num`` of a seeded random order of the test split, and the model
+  reads the very caption tensors stored in the prepared dataset, like the paper's
+  figures 6-11.
+  """
+  if num < 1:
+    raise UserError(f"--num must be at least 1, got {num}.")
+  gen = load_generator(workdir)
+  config = gen.config
+  if data_dir:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data_dir = str(data_dir)
+  common.host_only_tensorflow()
+  table = pipeline.load_table(config, "test")
+  order = np.random.default_rng(seed).permutation(len(table))[:num]
+  samples = generate_from_tensors(gen, table.text[order], n, seed)
+  real = table.images[table.image_index[order]][:, None]
+  images = np.concatenate([real, samples], axis=1)
+  cols = ["dataset"] + [f"sample {j + 1}" for j in range(n)]
+  path = out or gen.workdir / "samples" / f"compare_{gen.step}.png"
+  return save_grid(images, [str(c) for c in table.captions[order]], path, col_labels=cols)
+
+
+__all__ = [
+    "Generator", "atomic_save", "compare_grid", "encode_captions", "generate",
+    "generate_from_tensors", "grid_layout", "load_generator", "sample_grid", "save_grid",
+]

@@ -1,0 +1,252 @@
+"""Tests for sampling, comparison grids, curves and `t2i train`, on one tiny trained run.
+
+The run is trained once per module through `t2i train` with a config file (40 shapes
+images, the tiny VAE and batch shapes of test_train.py, so a full-suite run reuses its
+compiled steps); every other test restores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2i_jax import checkpoint, cli, sample
+from t2i_jax.data import pipeline
+from t2i_jax.errors import UserError
+from t2i_jax.models import paper
+
+CAPTIONS = ["a red circle on a gray background", "a big blue square at the top left"]
+STEPS = 44  # 2 epochs of 22 steps (180 train pairs, batch 8)
+
+CONFIG_FILE = textwrap.dedent("""\
+    from t2i_jax import configs
+
+    def get_config():
+      c = configs.base_config()
+      c.dataset = "shapes"
+      c.data_dir = {data_dir!r}
+      c.num_images = 40
+      c.model_kwargs = {{"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}}
+      c.batch_size = 8
+      c.num_epochs = 15
+      c.steps_per_scan = 8
+      c.checkpoint_every_steps = 0
+      c.log_every_steps = 0
+      c.eval_batch_size = 4
+      return c
+    """)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-epoch run trained by `t2i train CONFIG --workdir W --config...` overrides."""
+  base = tmp_path_factory.mktemp("sample")
+  with pytest.MonkeyPatch.context() as mp:  # what conftest sets, for a module-scoped fixture
+    mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    mp.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
+    config_path = base / "tiny_shapes.py"
+    config_path.write_text(CONFIG_FILE.format(data_dir=str(base / "tfds")))
+    workdir = base / "run"
+    rc = cli.main(["train", str(config_path), "--workdir", str(workdir),
+                   "--config.num_epochs=2", "--config.learning_rate", "0.003"])
+    yield {"rc": rc, "workdir": workdir, "config_path": config_path}
+
+
+@pytest.fixture(scope="module")
+def gen(run):
+  return sample.load_generator(run["workdir"])
+
+
+def _error_line(capsys) -> str:
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
+
+
+def _tile(png: Image.Image, row: int, col: int, col_labels: bool = True) -> np.ndarray:
+  g = sample.grid_layout(row + 1, col + 1, col_labels)
+  x, y = g["left"] + col * g["step"], g["top"] + row * g["step"]
+  return np.asarray(png.convert("RGB"))[y:y + sample.TILE, x:x + sample.TILE]
+
+
+def _upscaled(image: np.ndarray) -> np.ndarray:
+  return np.asarray(Image.fromarray(image).resize((sample.TILE, sample.TILE),
+                                                  Image.Resampling.NEAREST))
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def test_train_command_applies_overrides(run, tmp_path, capsys):
+  assert run["rc"] == 0
+  saved = json.loads((run["workdir"] / "config.json").read_text())
+  assert (saved["num_epochs"], saved["learning_rate"], saved["num_images"]) == (2, 0.003, 40)
+  assert checkpoint.latest_step(run["workdir"]) == STEPS
+  assert cli.main(["train", str(run["config_path"]), "--workdir", str(tmp_path / "w"),
+                   "--config.bogus=1"]) == 2
+  assert _error_line(capsys).startswith("error: Unknown config key 'bogus'")
+  assert cli.main(["train", str(tmp_path / "missing.py"), "--workdir", str(tmp_path)]) == 2
+  assert "does not exist" in _error_line(capsys)
+
+
+def test_sampling_imports_no_training_code():
+  code = ("import sys, t2i_jax.cli, t2i_jax.sample, t2i_jax.plots; "
+          "print([m for m in ('t2i_jax.train', 'optax') if m in sys.modules])")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True).stdout
+  assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def test_sample_command_writes_the_grid_it_generates(run, gen, tmp_path, capsys):
+  out = tmp_path / "grid.png"
+  assert cli.main(["sample", "--workdir", str(run["workdir"]), *CAPTIONS, "-n", "3",
+                   "--seed", "5", "--out", str(out)]) == 0
+  assert capsys.readouterr().out.strip() == str(out)
+  png = Image.open(out)
+  g = sample.grid_layout(2, 3, col_labels=True)
+  assert png.size == (g["width"], g["height"])
+  images = sample.generate(gen, CAPTIONS, 3, seed=5)
+  for r in range(2):
+    for c in range(3):
+      np.testing.assert_array_equal(_tile(png, r, c), _upscaled(images[r, c]))
+  assert not list(tmp_path.glob(".*.tmp"))  # written through a temp file, then renamed
+
+  # Default path and --mean (one column unless -n says otherwise).
+  assert cli.main(["sample", "--workdir", str(run["workdir"]), "--mean", CAPTIONS[0]]) == 0
+  default = run["workdir"] / "samples" / f"sample_{STEPS}.png"
+  assert capsys.readouterr().out.strip() == str(default)
+  g = sample.grid_layout(1, 1, col_labels=True)
+  assert Image.open(default).size == (g["width"], g["height"])
+
+
+def test_generation_is_a_function_of_the_seed(gen):
+  a = sample.generate(gen, CAPTIONS, 4, seed=0)
+  assert a.shape == (2, 4, 64, 64, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(sample.generate(gen, CAPTIONS, 4, seed=0), a)
+  assert not np.array_equal(sample.generate(gen, CAPTIONS, 4, seed=1), a)
+  assert not np.array_equal(a[0, 0], a[0, 1])  # columns are distinct samples
+  # Sample j of caption i depends on (seed, i, j) only: a smaller request is a sub-grid.
+  np.testing.assert_array_equal(sample.generate(gen, CAPTIONS[:1], 2, seed=0), a[:1, :2])
+  mean = sample.generate(gen, CAPTIONS, 3, seed=0, sample_latent=False)
+  np.testing.assert_array_equal(mean[:, :1].repeat(3, axis=1), mean)
+  np.testing.assert_array_equal(sample.generate(gen, CAPTIONS, 3, seed=9, sample_latent=False),
+                                mean)
+
+
+def test_captions_are_encoded_as_in_training(gen):
+  table = pipeline.load_table(gen.config, "test")
+  np.testing.assert_array_equal(sample.encode_captions(gen, list(table.captions[:3])),
+                                table.text[:3])
+
+
+class _TemperatureVAE(paper.PaperVAE):
+  """A stand-in future model whose generate takes a temperature (it paints it)."""
+
+  def generate(self, text, rng=None, sample_latent=True, temperature=1.0):
+    image = super().generate(text, rng, sample_latent)
+    return image * 0.0 + temperature
+
+
+def test_temperature_reaches_models_that_accept_it(gen):
+  with pytest.raises(UserError, match="has no sampling temperature"):
+    sample.generate(gen, CAPTIONS, 1, temperature=0.5)
+  kwargs = {k: getattr(gen.model, k) for k in ("hidden_dim", "latent_dim", "decoder_dims")}
+  warm = dataclasses.replace(gen, model=_TemperatureVAE(**kwargs))
+  assert np.all(sample.generate(warm, CAPTIONS, 2, temperature=0.5) == 128)
+
+
+def test_out_of_vocabulary_words_are_named_once_per_caption(run, tmp_path, capsys):
+  assert cli.main(["sample", "--workdir", str(run["workdir"]), "a red circle zzqxv zzqxv",
+                   "blue square", "-n", "1", "--out", str(tmp_path / "g.png")]) == 0
+  err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert len(err) == 1, err
+  assert err[0].startswith("warning: caption 'a red circle zzqxv zzqxv': 2 of 4 words")
+  assert err[0].endswith("ignored: zzqxv")
+
+
+def test_a_100k_character_caption_works(run, gen, tmp_path):
+  long = ("a red circle above a blue square " * 4000)[:100_000]
+  assert cli.main(["sample", "--workdir", str(run["workdir"]), long, "-n", "2",
+                   "--out", str(tmp_path / "long.png")]) == 0
+  assert Image.open(tmp_path / "long.png").size[0] == sample.grid_layout(1, 2)["width"]
+
+
+@pytest.mark.parametrize("caption, match", [
+    ("", "has no words left after cleaning"),
+    ("   \t ", "has no words left after cleaning"),
+    ("the of and is 42 !!", "has no words left after cleaning"),
+    ("一只狗在草地上跑", "'一只狗在草地上跑' has no words left"),
+    ("zzqxv qqwwx", "none of its words are in the GloVe vocabulary"),
+    ("x" * 100_000, "none of its words"),  # one huge token: fails fast, message cut short
+])
+def test_unusable_captions_are_one_line_errors(run, tmp_path, capsys, caption, match):
+  assert cli.main(["sample", "--workdir", str(run["workdir"]), "a red zzqxv circle", caption,
+                   "--out", str(tmp_path / "g.png")]) == 2  # no OOV warning before the error
+  line = _error_line(capsys)
+  assert match in line and len(line) < 300
+  assert not (tmp_path / "g.png").exists()
+
+
+def test_bad_workdirs_are_one_line_errors(tmp_path, capsys):
+  for command in (["sample", "--workdir", str(tmp_path / "nope"), "a dog"],
+                  ["compare", "--workdir", str(tmp_path / "nope")],
+                  ["plot", "--workdir", str(tmp_path / "nope")]):
+    assert cli.main(command) == 2
+    assert "does not exist" in _error_line(capsys)
+  (tmp_path / "checkpoints").mkdir()
+  assert cli.main(["sample", "--workdir", str(tmp_path), "a dog"]) == 2
+  assert f"no checkpoint in {tmp_path}" in _error_line(capsys)
+  assert cli.main(["plot", "--workdir", str(tmp_path)]) == 2
+  assert "no metrics.jsonl" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------- compare and plot
+
+
+def test_compare_shows_test_images_beside_samples(run, gen, tmp_path, capsys):
+  out = tmp_path / "compare.png"
+  assert cli.main(["compare", "--workdir", str(run["workdir"]), "--num", "3", "--n", "2",
+                   "--seed", "1", "--out", str(out)]) == 0
+  assert capsys.readouterr().out.strip() == str(out)
+  png = Image.open(out)
+  g = sample.grid_layout(3, 3, col_labels=True)
+  assert png.size == (g["width"], g["height"])
+  table = pipeline.load_table(gen.config, "test")
+  order = np.random.default_rng(1).permutation(len(table))[:3]
+  samples = sample.generate_from_tensors(gen, table.text[order], 2, seed=1)
+  for r, i in enumerate(order):
+    np.testing.assert_array_equal(_tile(png, r, 0), _upscaled(table.images[table.image_index[i]]))
+    np.testing.assert_array_equal(_tile(png, r, 2), _upscaled(samples[r, 1]))
+
+
+def test_plot_draws_per_epoch_curves(run, tmp_path, capsys):
+  out = tmp_path / "curves.png"
+  assert cli.main(["plot", "--workdir", str(run["workdir"]), "--out", str(out)]) == 0
+  assert capsys.readouterr().out.strip() == str(out)
+  width, height = Image.open(out).size
+  assert width > 2 * height  # three panels side by side: loss, accuracy, PSNR
+  from t2i_jax import plots  # pylint: disable=import-outside-toplevel
+  curves = plots.epoch_curves(plots.read_metrics(run["workdir"]))
+  assert curves["train"]["loss"][0] == [1.0, 2.0]
+  assert set(curves["test"]) == {"loss", "paper_accuracy", "psnr"}
+  assert "psnr" not in curves["train"]
+
+
+def test_plot_keeps_a_trailing_partial_epoch_only():
+  from t2i_jax import plots  # pylint: disable=import-outside-toplevel
+  rec = lambda step, epoch, scope: {"step": step, "epoch": epoch, "split": "train",
+                                    "scope": scope, "loss": float(step)}
+  records = [rec(5, 1, "final"), rec(10, 1, "epoch"), rec(15, 2, "final")]
+  assert plots.epoch_curves(records, spe=10)["train"]["loss"] == ([1.0, 1.5], [10.0, 15.0])
