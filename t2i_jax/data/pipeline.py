@@ -259,6 +259,7 @@ def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0
   text = tf.constant(table.text)
   mask = None if table.mask is None else tf.constant(table.mask)
 
+  @tf.autograph.experimental.do_not_convert
   def gather(idx):
     out = {"image": tf.gather(images, tf.gather(image_index, idx)), "text": tf.gather(text, idx)}
     if mask is not None:
@@ -271,6 +272,7 @@ def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0
       raise UserError("chunked batches need drop_remainder=True (every step the same shape).")
     # One gather per chunk, then [K*B] -> [K, B]: tf.data's per-element cost is paid per
     # chunk, not per step, which is what keeps batch-1 training fed.
+    @tf.autograph.experimental.do_not_convert
     def gather_chunk(idx):
       return {k: tf.reshape(v, tf.concat([[-1, batch_size], tf.shape(v)[1:]], 0))
               for k, v in gather(idx).items()}
