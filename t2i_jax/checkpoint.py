@@ -8,12 +8,19 @@ Layout: ``WORKDIR/checkpoints/<step>/`` holds two items,
 and Orbax keeps the last ``keep`` steps. Saves are synchronous: a checkpoint is complete on
 disk before training goes on, and a save is short next to the steps between two saves.
 
+Saves are atomic: Orbax writes ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>``
+once complete, and only renamed steps count, so a crash or a full disk mid-save leaves the
+previous checkpoints as they were. A step that is unreadable anyway (files truncated or
+deleted later) is skipped with one warning line, and the step before it is restored.
+
 Inference never builds an optimiser: ``restore_for_inference`` reads ``params`` alone out of
 the ``state`` item (an Orbax partial restore) and the config out of ``meta``.
 """
 
 from __future__ import annotations
 
+import errno
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +53,12 @@ class Checkpointer:
         create=True,
     )
     self.directory = checkpoint_dir(workdir)
+    # Handlers named up front, so that item_metadata works before any save or restore.
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+        self.directory, options=options,
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
+                       META_ITEM: ocp.JsonCheckpointHandler()})
+    self._bad_steps: set[int] = set()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -56,40 +67,67 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Writes ``state`` and ``meta`` as checkpoint ``step`` (a no-op if it already exists)."""
+    """Writes ``state`` and ``meta`` as checkpoint ``step`` (a no-op if it already exists).
+
+    A step found unreadable by ``restore`` is replaced, not kept. A failed write (a full
+    disk) is a UserError; the checkpoints saved before it stay as they were.
+    """
+    if step in self._bad_steps:
+      self._manager.delete(step)
+      self._bad_steps.discard(step)
     if step in self._manager.all_steps():
       return
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(state),
-            META_ITEM: ocp.args.JsonSave(meta),
-        }),
-        force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              STATE_ITEM: ocp.args.StandardSave(state),
+              META_ITEM: ocp.args.JsonSave(meta),
+          }),
+          force=True)
+      self._manager.wait_until_finished()
+    except OSError as e:
+      self._manager.reload()
+      last = self._manager.latest_step()
+      what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+      raise UserError(
+          f"could not write checkpoint {step} in {self.directory}: {what}; the last "
+          f"complete checkpoint is {'step ' + str(last) if last is not None else 'none'}. "
+          "Free some space and rerun the same command to resume.") from e
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """(state, meta) of ``step`` (default: the latest), shaped and placed like ``target``."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f"No checkpoint in {self.directory}.")
+    """(state, meta) of ``step`` (default: the latest readable), shaped and placed like ``target``.
+
+    A parameter whose saved shape differs from ``target`` is a UserError naming it.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    out = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardRestore(abstract),
-            META_ITEM: ocp.args.JsonRestore(),
-        }))
+
+    def read(s: int):
+      _check_shapes(self._manager.item_metadata(s)[STATE_ITEM], abstract, self.directory, s)
+      return self._manager.restore(
+          s,
+          args=ocp.args.Composite(**{
+              STATE_ITEM: ocp.args.StandardRestore(abstract),
+              META_ITEM: ocp.args.JsonRestore(),
+          }))
+
+    out, _ = self._read(read, step)
     return out[STATE_ITEM], dict(out[META_ITEM])
 
   def restore_meta(self, step: int | None = None) -> dict[str, Any]:
-    """The JSON item of ``step`` (default: the latest) without touching the arrays."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f"No checkpoint in {self.directory}.")
-    out = self._manager.restore(
-        step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+    """The JSON item of ``step`` (default: the latest readable) without touching the arrays."""
+    out, _ = self._read(lambda s: self._manager.restore(
+        s, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})), step)
     return dict(out[META_ITEM])
+
+  def _read(self, read, step: int | None):
+    """``read(step)``, or with no step asked for, of the newest step that reads."""
+    if step is not None:
+      return read(step), step
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise UserError(f"No checkpoint in {self.directory}.")
+    return _newest_readable(steps, read, self.directory, self._bad_steps)
 
   def close(self) -> None:
     self._manager.close()
@@ -99,6 +137,59 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr)
+
+
+def _newest_readable(steps, read, directory, bad: set[int] | None = None):
+  """(read(step), step) for the first step of ``steps`` (newest first) that reads.
+
+  An unreadable step (truncated or deleted files) gets one warning line and the next older
+  one is tried; a UserError (a real mismatch) is raised as is.
+  """
+  for i, s in enumerate(steps):
+    try:
+      return read(s), s
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds
+      if bad is not None:
+        bad.add(s)
+      if i + 1 == len(steps):
+        raise UserError(f"no readable checkpoint in {directory}: step {s} is damaged "
+                        f"({type(e).__name__}); start again in a new --workdir.") from e
+      _warn(f"checkpoint {s} in {directory} is unreadable ({type(e).__name__}); "
+            f"using checkpoint {steps[i + 1]} instead.")
+  raise AssertionError("unreachable")
+
+
+def _check_shapes(saved_tree: Any, abstract: Any, directory, step: int) -> None:
+  """UserError naming each array whose saved shape differs from the one expected."""
+  saved_tree = getattr(saved_tree, "tree", saved_tree)
+  want_tree = _as_tree(abstract)
+  if not isinstance(saved_tree, dict) or "params" not in saved_tree or "params" not in want_tree:
+    return
+  # The params alone: their paths read the same in Orbax metadata and in the target, and
+  # the optimiser state has the shapes of the params.
+  saved = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+           jax.tree_util.tree_leaves_with_path(saved_tree["params"]) if hasattr(v, "shape")}
+  want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+          jax.tree_util.tree_leaves_with_path(want_tree["params"]) if hasattr(v, "shape")}
+  diffs = [f"{k} {saved[k]} != {want[k]}" for k in want if k in saved and saved[k] != want[k]]
+  missing = [k for k in want if k not in saved]
+  if diffs or (missing and saved):
+    parts = diffs[:4] + [f"{k} missing" for k in missing[:max(0, 4 - len(diffs))]]
+    raise UserError(f"checkpoint {step} in {directory} was saved by another model or config: "
+                    f"{'; '.join(parts)}; use a new --workdir, or the run's own config.")
+
+
+def _as_tree(x: Any) -> Any:
+  """A TrainState as the {step, params, opt_state} dict Orbax saved it as."""
+  if hasattr(x, "params") and hasattr(x, "opt_state"):
+    return {"step": x.step, "params": x.params, "opt_state": x.opt_state}
+  return x if isinstance(x, dict) else {}
 
 
 def _reader(workdir: str | Path) -> ocp.CheckpointManager | None:
@@ -140,22 +231,29 @@ def restore_for_inference(
                     f"`python -m experiments.model1 --workdir {workdir}` (or another "
                     "experiment).")
   try:
-    if step is None:
-      step = step_found
-    elif step not in manager.all_steps():
+    if step is not None and step not in manager.all_steps():
       raise UserError(f"No checkpoint at step {step} in {workdir}; available: "
                       f"{', '.join(map(str, manager.all_steps()))}.")
-    tree = manager.item_metadata(step)[STATE_ITEM]
-    tree = getattr(tree, "tree", tree)
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"params": jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree["params"])}
-    out = manager.restore(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.PyTreeRestore(
-            item=target, partial_restore=True,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
-        META_ITEM: ocp.args.JsonRestore(),
-    }))
+
+    def read(s: int):
+      tree = manager.item_metadata(s)[STATE_ITEM]
+      tree = getattr(tree, "tree", tree)
+      target = {"params": jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          tree["params"])}
+      return manager.restore(s, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.PyTreeRestore(
+              item=target, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
+          META_ITEM: ocp.args.JsonRestore(),
+      }))
+
+    if step is None:
+      out, step = _newest_readable(sorted(manager.all_steps(), reverse=True), read,
+                                   checkpoint_dir(workdir))
+    else:
+      out = read(step)
   finally:
     manager.close()
   config = configs.from_json_dict(out[META_ITEM]["config"])

@@ -65,6 +65,15 @@ def _cmd_plot(args) -> None:
   print(plots.plot_curves(args.workdir, out=args.out))
 
 
+def _cmd_evaluate(args) -> None:
+  from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
+  report = evaluate.evaluate_run(args.workdir, out=args.out, num=args.num, seeds=args.seeds,
+                                 baseline_workdir=args.baseline_workdir,
+                                 data_dir=args.data_dir)
+  print(evaluate.format_table(report["results"]))
+  print(report["path"])
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="t2i", description=__doc__.splitlines()[0])
   sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
   pl.add_argument("--workdir", required=True, help="a training run's folder")
   pl.add_argument("--out", help="PNG path (default: WORKDIR/plots/curves.png)")
   pl.set_defaults(func=_cmd_plot)
+
+  pe = sub.add_parser("evaluate", help="caption-following and quality metrics vs baselines",
+                      description="Shapes: a scene reader checks every stated attribute; "
+                      "Flickr8k: R-precision, FD_dual and KID_dual in a dual encoder's space. "
+                      "Trains and caches the reader / encoder on first use.")
+  pe.add_argument("--workdir", required=True, help="a training run's folder")
+  pe.add_argument("--out", help="JSON path (default: WORKDIR/eval/results.json)")
+  pe.add_argument("--num", type=int, default=1000, help="test pairs scored per split")
+  pe.add_argument("--seeds", type=int, default=3, help="generation seeds (mean and std)")
+  pe.add_argument("--baseline-workdir", help="a second run (e.g. a paper model) to score too")
+  pe.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
+                  "run's config says")
+  pe.set_defaults(func=_cmd_evaluate)
   return p
 
 

@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()  # overrides of the model's defaults
   c.loss = "paper"  # see t2i_jax.losses.LOSSES
   c.kl_weight = 1.0
+  c.kl_warmup_steps = 0  # 'cvae' loss: steps of the linear KL warm-up (0 = none)
+  c.free_bits = 0.0  # 'cvae' loss: nats per latent dim that cost nothing (0 = off)
   c.obs_sigma = 0.1  # decoder scale of the reported negative ELBO (losses.negative_elbo)
   # Optimisation.
   c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam
@@ -62,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 0  # stop after this many optimiser steps in total; 0 = no limit
   c.seed = 0
   c.steps_per_scan = 64  # optimiser steps per jitted lax.scan call
+  # Scale and speed (t2i_jax.parallel). batch_size is the global batch over all devices.
+  c.precision = "float32"  # float32 | bfloat16 (compute only; params/optimiser stay float32)
+  c.distributed = False  # jax.distributed.initialize() (multi-host; env vars also trigger it)
+  c.data_on_device = "auto"  # auto | always | never: keep the train table on the devices
+  c.device_data_fraction = 0.25  # 'auto': on device if it fits this share of device memory
+  c.device_data_budget_mb = 1024  # 'auto' where a device reports no memory (CPU)
   # Evaluation, logging and checkpoints.
   c.eval_batch_size = 256
   c.eval_every_epochs = 1
@@ -69,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 1000  # 0 = only per epoch
   c.checkpoint_every_steps = 5000  # 0 = only at epoch ends and at the end
   c.keep_checkpoints = 3
+  # A NaN/Inf loss or gradient: 'stop' (name the step and the last checkpoint) or 'skip'
+  # (discard that update, count it in the metrics as skipped_steps, go on).
+  c.nonfinite = "stop"
   return c
 
 
@@ -98,6 +109,34 @@ def paper_config(model: str, learning_rate: float) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.log_every_steps = 2048
   c.checkpoint_every_steps = 8192
+  return c
+
+
+def cvae_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
+  """The caption-following CVAE (``t2i_jax.models.cvae``), shared by experiments.cvae_*.
+
+  Word sequences with stopwords kept (they carry the relations: "left of", "above"), the
+  'cvae' loss (per-dimension MSE + beta * KL to the learned prior, KL warm-up, free bits)
+  and Adam at batch 64; experiments set the size of the model and the length of the run.
+  """
+  c = base_config()
+  c.dataset = dataset
+  c.caption_mode = "sequence"
+  c.max_caption_len = 24  # the longest shapes caption has 24 words: none is cut
+  c.remove_stopwords = False
+  c.model = "cvae"
+  c.model_kwargs = ml_collections.ConfigDict({"max_len": 24})
+  c.loss = "cvae"
+  c.kl_weight = 0.05  # = 2 sigma^2: a Gaussian decoder with sigma ~0.16 (losses.cvae_loss)
+  c.kl_warmup_steps = 1000
+  c.free_bits = 0.0
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.batch_size = 64
+  c.steps_per_scan = 16
+  c.eval_batch_size = 250
+  c.log_every_steps = 200
+  c.checkpoint_every_steps = 1000
   return c
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -90,8 +91,28 @@ def load_generator(workdir: str | Path) -> Generator:
     kwargs = kwargs.to_dict()
   model = models.get_model(config.model, **kwargs)
   spec = pipeline.caption_spec(config)
+  glove = spec.load_glove()
+  _check_text_dim(model, params, spec, glove, path)
   return Generator(workdir=path, config=config, params=params, step=step, model=model,
-                   spec=spec, glove=spec.load_glove())
+                   spec=spec, glove=glove)
+
+
+def _check_text_dim(model, params, spec, glove, workdir) -> None:
+  """Fails in one line when the GloVe file's dimension is not the one the run trained on.
+
+  The GloVe file is found by path at sampling time and may have changed since training; a
+  shape trace (no compute) of one generation tells before any caption is encoded.
+  """
+  shape = (1, spec.max_len, glove.dim) if spec.mode == "sequence" else (1, glove.dim)
+  try:
+    jax.eval_shape(
+        lambda p, t: model.apply({"params": p}, t, jax.random.key(0), False, method="generate"),
+        params, jax.ShapeDtypeStruct(shape, jnp.float32))
+  except (flax.errors.ScopeParamShapeError, TypeError, ValueError) as e:
+    raise UserError(
+        f"the GloVe vectors {spec.glove or '(built-in 6B 50d)'} have dimension {glove.dim}, "
+        f"which the model of {workdir} was not trained on ({type(e).__name__}); put back "
+        "the GloVe file the run was trained with at the path its config.json names.") from None
 
 
 def _oov_words(words: Sequence[str], glove) -> list[str]:

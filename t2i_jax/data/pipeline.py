@@ -237,12 +237,18 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = T
 
 def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0,
                  start_step: int = 0, shuffle: bool = True, drop_remainder: bool = True,
-                 chunk: int = 0, prefetch: int = 2):
+                 chunk: int = 0, prefetch: int = 2, process_index: int = 0,
+                 process_count: int = 1):
   """A tf.data.Dataset of one epoch of batches, starting at ``start_step``.
 
   ``chunk`` > 0 groups that many consecutive batches into one element of shape
   [chunk, batch, ...] (the last chunk of an epoch may be shorter), for a jitted
   ``lax.scan`` over optimiser steps.
+
+  ``process_count`` > 1 (multi-host data parallelism): ``batch_size`` is the global batch
+  and this process gets the contiguous slice ``process_index`` of each one
+  (``batch_size / process_count`` examples), so the processes' slices, put side by side,
+  are exactly the single-process batches.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   if batch_size < 1:
@@ -254,6 +260,14 @@ def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0
                     "lower --config.batch_size.")
   perm = epoch_permutation(n, seed, epoch, shuffle)[: steps * batch_size if drop_remainder else n]
   perm = perm[start_step * batch_size:]
+  if process_count > 1:
+    if batch_size % process_count or not drop_remainder:
+      raise UserError(f"batch_size {batch_size} must be a multiple of the {process_count} "
+                      "processes (and batches full) to split it between them.")
+    local = batch_size // process_count
+    perm = perm.reshape(-1, batch_size)[:, process_index * local:(process_index + 1) * local]
+    perm = perm.reshape(-1)
+    batch_size = local
   images = tf.constant(table.images)
   image_index = tf.constant(table.image_index)
   text = tf.constant(table.text)

@@ -15,8 +15,8 @@ experiments start from the same distribution. With D = 50 the parameter counts a
 
 The interface every model in ``t2i_jax.models`` shares (the trainer relies on it)::
 
-    outputs = model.apply({'params': p}, text, image_or_None, train=bool,
-                          rngs={'sample': k1, 'dropout': k2})
+    outputs = model.apply({'params': p}, text, image_or_None, mask=mask_or_None,
+                          train=bool, rngs={'sample': k1, 'dropout': k2})
 
 returns a dict with
   * ``recon``  [B, 64, 64, 3] in [0, 1] (sigmoid output),
@@ -24,6 +24,9 @@ returns a dict with
   * ``z`` [B, latent_dim]: the latent that was decoded.
 A model with a learned prior adds ``prior_mean`` and ``prior_logvar``; when they are absent
 the prior is N(0, I) (see ``t2i_jax.losses.posterior_kl``).
+
+``mask`` is the [B, T] caption mask of sequence mode (None otherwise); models that read one
+caption vector ignore it.
 
 The paper's encoder sees only the caption, so the paper models accept the image argument
 (and check its shape) but ignore it; it exists so that the trainer's call is uniform with
@@ -124,14 +127,16 @@ class PaperVAE(nn.Module):
       text: Array,
       image: Array | None = None,
       *,
+      mask: Array | None = None,
       train: bool = False,
       sample_latent: bool = True,
   ) -> dict[str, Array]:
-    """Full VAE pass; ``image`` is accepted for interface uniformity and ignored.
+    """Full VAE pass; ``image`` and ``mask`` are accepted for interface uniformity, ignored.
 
     Args:
       text: Caption vectors [B, D].
       image: Target images [B, 64, 64, 3] or None; unused (the encoder sees only text).
+      mask: Caption mask of sequence mode, or None; unused (the input is one vector).
       train: Enables decoder dropout (model 3).
       sample_latent: Decode a sample of q(z | text) (the paper, needs rng 'sample'), or
         its mean when False.
@@ -139,6 +144,7 @@ class PaperVAE(nn.Module):
     Returns:
       Dict with 'recon' [B, 64, 64, 3], 'mean', 'logvar' and 'z' [B, latent_dim].
     """
+    del mask
     chex.assert_rank(text, 2)
     if image is not None:
       chex.assert_shape(image, (text.shape[0],) + tuple(self.image_shape))
@@ -149,13 +155,15 @@ class PaperVAE(nn.Module):
     return {"recon": recon, "mean": mean, "logvar": logvar, "z": z}
 
   def generate(
-      self, text: Array, rng: chex.PRNGKey | None = None, sample_latent: bool = True
+      self, text: Array, rng: chex.PRNGKey | None = None, sample_latent: bool = True, *,
+      mask: Array | None = None
   ) -> Array:
     """Caption vectors [B, D] -> images [B, 64, 64, 3], dropout off (Keras ``predict``).
 
     The paper samples z here too; ``rng`` is then required. With ``sample_latent=False``
-    the posterior mean is decoded and ``rng`` is ignored.
+    the posterior mean is decoded and ``rng`` is ignored. ``mask`` is ignored (uniformity).
     """
+    del mask
     mean, logvar = self.encode(text)
     if sample_latent:
       if rng is None:

@@ -1,0 +1,20 @@
+"""The training benchmark's quick mode runs end to end, so the module cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+from experiments import bench_train
+
+
+def test_quick_bench_reports_rows_here_and_on_forced_devices(capsys):
+  assert bench_train.main(["--config.quick=True", "--config.forced_devices=2"]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[-2].startswith("machine: ")
+  result = json.loads(out[-1])
+  rows = result["rows"]
+  assert [(r["model"], r["batch_size"], r["devices"]) for r in rows] == [
+      ("model1", 2, 1), ("model1", 2, 2)]
+  for r in rows:
+    assert r["samples_per_s"] > 0 and r["ms_per_step"] > 0 and r["epoch_s"] > 0
+    assert r["peak_rss_mb"] > 0

@@ -1,0 +1,142 @@
+"""Data parallelism, bf16 compute and on-device data, on 4 forced CPU devices.
+
+XLA reads --xla_force_host_platform_device_count when jax starts, so the checks run in a
+fresh subprocess whose environment sets it before jax is imported; the subprocess prints
+one JSON line of results that the tests below assert on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from t2i_jax import configs, parallel
+from t2i_jax.errors import UserError
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from t2i_jax import configs, parallel, train
+    from t2i_jax.data import pipeline
+
+    assert len(jax.devices()) == 4, jax.devices()
+    TINY = {"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}
+    B, K, STEPS, N = 8, 1, 20, 64  # K: steps per jitted chunk; per-step losses
+    rs = np.random.RandomState(0)
+    table = pipeline.Table(
+        images=rs.randint(0, 256, (16, 64, 64, 3)).astype(np.uint8),
+        image_index=rs.randint(0, 16, N).astype(np.int32),
+        text=rs.randn(N, 50).astype(np.float32), mask=None,
+        caption_index=np.zeros(N, np.int32), image_ids=np.arange(16).astype(str),
+        captions=np.array(["c"] * N), clean_captions=np.array(["c"] * N), extras={})
+
+    def config(**kw):
+      c = configs.base_config()
+      c.model_kwargs = TINY
+      c.batch_size = B
+      for k, v in kw.items():
+        c[k] = v
+      return c
+
+    def run(mesh, cfg, on_device=False):
+      init_rng, rng = jax.random.split(jax.random.key(0))
+      state = parallel.replicate(train.create_train_state(cfg, init_rng, table.pairs(np.arange(1))), mesh)
+      rng = parallel.replicate(rng, mesh)
+      data = train.device_table(table, mesh) if on_device else None
+      perm = pipeline.epoch_permutation(N, cfg.seed, 0)[: (N // B) * B].reshape(-1, B)
+      losses = []
+      for i in range(STEPS // K):
+        idx = np.concatenate([perm] * 3)[i * K:(i + 1) * K]
+        if on_device:
+          state, m = train.train_chunk_on_device(state, data, parallel.shard_local(idx, mesh), rng)
+        else:
+          chunk = {k: v.reshape(K, B, *v.shape[1:]) for k, v in table.pairs(idx.reshape(-1)).items()}
+          state, m = train.train_chunk(state, parallel.shard_local(chunk, mesh), rng)
+        losses.append(float(m["loss"]))
+      return losses, state
+
+    out = {}
+    mesh1, mesh4 = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh()
+    out["one"], s1 = run(mesh1, config())
+    out["four"], s4 = run(mesh4, config())
+    out["params_max_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                 for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)))
+    out["four_replicated"] = all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 4
+                               for x in jax.tree.leaves(s4))
+    out["device_four"], _ = run(mesh4, config(), on_device=True)
+    out["bf16_four"], sb = run(mesh4, config(precision="bfloat16"))
+    out["bf16_param_dtype"] = str(jax.tree.leaves(sb.params)[0].dtype)
+    out["bf16_opt_dtypes"] = sorted({str(x.dtype) for x in jax.tree.leaves(sb.opt_state)})
+
+    # The tf.data path yields the same [K, B] batches as the on-device gather, and per-process
+    # slices of make_dataset put side by side are the single-process batches.
+    whole = next(pipeline.make_dataset(table, batch_size=B, seed=0, chunk=5).as_numpy_iterator())
+    perm = pipeline.epoch_permutation(N, 0, 0)[: (N // B) * B].reshape(-1, B)
+    gathered = jax.device_get(train._gather_batches(train.device_table(table, mesh4),
+                                                    perm[:5].astype(np.int32)))
+    out["tf_matches_device"] = all(np.array_equal(whole[k], gathered[k]) for k in whole)
+    halves = [next(pipeline.make_dataset(table, batch_size=B, seed=0, chunk=5, process_index=p,
+                                         process_count=2).as_numpy_iterator()) for p in range(2)]
+    out["process_slices_match"] = all(
+        np.array_equal(np.concatenate([h[k] for h in halves], axis=1), whole[k]) for k in whole)
+    from t2i_jax.errors import UserError
+    try:
+      parallel.check_batch_size(6, mesh4)
+      out["bad_batch_error"] = ""
+    except UserError as e:
+      out["bad_batch_error"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def results():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_match_one_device(results):
+  np.testing.assert_allclose(results["four"], results["one"], rtol=0, atol=1e-5)
+  assert results["params_max_diff"] < 1e-5
+  assert len(results["one"]) == 20
+  assert results["four_replicated"]  # params and optimiser state on all 4 devices
+
+
+def test_on_device_data_gives_the_same_batches_and_losses(results):
+  assert results["tf_matches_device"]
+  np.testing.assert_allclose(results["device_four"], results["four"], rtol=0, atol=1e-6)
+
+
+def test_process_slices_make_up_the_global_batch(results):
+  assert results["process_slices_match"]
+
+
+def test_bfloat16_compute_keeps_float32_state_and_close_losses(results):
+  assert results["bf16_param_dtype"] == "float32"
+  assert set(results["bf16_opt_dtypes"]) <= {"float32", "int32"}
+  bf16, f32 = np.array(results["bf16_four"]), np.array(results["four"])
+  assert np.all(np.isfinite(bf16))
+  np.testing.assert_allclose(bf16, f32, rtol=0.05)
+
+
+def test_batch_size_must_split_over_the_devices(results):
+  assert "batch_size=6 does not split over 4 devices" in results["bad_batch_error"]
+  assert "multiple of 4 (e.g. 4 or 8)" in results["bad_batch_error"]
+
+
+def test_unknown_precision_is_a_user_error(tmp_path):
+  from t2i_jax import train  # pylint: disable=import-outside-toplevel
+  c = configs.base_config()
+  c.precision = "float16"
+  with pytest.raises(UserError, match="precision"):
+    train.train_and_evaluate(c, tmp_path)
