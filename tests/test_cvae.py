@@ -1,0 +1,248 @@
+"""Tests for the caption-following CVAE and its loss: shapes, masking, word order, prior, loop.
+
+A tiny CVAE (a few thousand parameters) keeps every compilation short.
+"""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t2i_jax import configs, losses, models, train
+from t2i_jax.models import cvae
+
+TINY = {"latent_dim": 4, "text_width": 16, "text_layers": 1, "text_heads": 2, "max_len": 8,
+        "encoder_channels": (4, 4, 8, 8), "decoder_channels": (8, 4, 4), "decoder_base": 8,
+        "head_hidden": (16,)}
+B, T, D = 3, 8, 50
+
+
+def _inputs(seed=0, batch=B):
+  rng = np.random.default_rng(seed)
+  text = rng.normal(size=(batch, T, D)).astype(np.float32)
+  mask = np.zeros((batch, T), bool)
+  for b, n in enumerate([5, 2, 8, 3, 1][:batch]):
+    mask[b, :n] = True
+  text[~mask] = 0.0  # as the pipeline pads
+  image = rng.uniform(size=(batch, 64, 64, 3)).astype(np.float32)
+  return jnp.asarray(text), jnp.asarray(mask), jnp.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = models.get_model("cvae", **TINY)
+  text, mask, image = _inputs()
+  params = model.init({"params": jax.random.key(0), "sample": jax.random.key(1)},
+                      text, image, mask=mask)["params"]
+  return model, params
+
+
+def _apply(model, params, text, image, mask=None, **kw):
+  return model.apply({"params": params}, text, image, mask=mask, rngs={"sample": jax.random.key(2)},
+                     **kw)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_registered_and_outputs_have_the_interface_shapes(model_and_params):
+  model, params = model_and_params
+  assert "cvae" in models.available_models() and isinstance(model, cvae.CVAE)
+  text, mask, image = _inputs()
+  out = _apply(model, params, text, image, mask, train=True)
+  assert out["recon"].shape == (B, 64, 64, 3) and out["recon"].dtype == jnp.float32
+  for k in ("mean", "logvar", "z", "prior_mean", "prior_logvar"):
+    assert out[k].shape == (B, TINY["latent_dim"]) and out[k].dtype == jnp.float32, k
+  assert 0.0 <= float(out["recon"].min()) and float(out["recon"].max()) <= 1.0
+  # The posterior differs from the prior: it sees the image.
+  assert not np.allclose(out["mean"], out["prior_mean"])
+  det = _apply(model, params, text, image, mask, sample_latent=False)
+  np.testing.assert_array_equal(det["z"], det["mean"])
+
+
+def test_sum_inputs_run_as_length_one_sequences(model_and_params):
+  model, params = model_and_params
+  _, _, image = _inputs()
+  vec = jnp.asarray(np.random.default_rng(5).normal(size=(B, D)), jnp.float32)
+  out = _apply(model, params, vec, image)
+  assert out["recon"].shape == (B, 64, 64, 3)
+  emb = model.apply({"params": params}, vec, method="encode_text")
+  emb_seq = model.apply({"params": params}, vec[:, None], jnp.ones((B, 1), bool),
+                        method="encode_text")
+  np.testing.assert_allclose(emb, emb_seq, rtol=1e-6, atol=1e-6)
+  gen = model.apply({"params": params}, vec, jax.random.key(0), method="generate")
+  assert gen.shape == (B, 64, 64, 3)
+
+
+def test_padding_content_does_not_change_the_output(model_and_params):
+  model, params = model_and_params
+  text, mask, image = _inputs()
+  noisy = jnp.where(mask[..., None], text, 7.0 * jnp.ones_like(text))
+  a = _apply(model, params, text, image, mask)
+  b = _apply(model, params, noisy, image, mask)
+  for k in ("recon", "mean", "prior_mean", "prior_logvar"):
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # Without a mask, zero vectors are padding (as the pipeline stores them).
+  c = _apply(model, params, text, image)
+  np.testing.assert_allclose(a["recon"], c["recon"], rtol=1e-5, atol=1e-6)
+  # A fully masked (padded) caption is finite.
+  empty = _apply(model, params, text, image, jnp.zeros_like(mask))
+  chex.assert_tree_all_finite(empty)
+
+
+def test_word_order_changes_the_text_embedding(model_and_params):
+  model, params = model_and_params
+  text, mask, _ = _inputs()
+  n = 5  # example 0 has 5 words
+  reversed_text = text.at[0, :n].set(text[0, :n][::-1])
+  emb = model.apply({"params": params}, text, mask, method="encode_text")
+  emb_rev = model.apply({"params": params}, reversed_text, mask, method="encode_text")
+  assert float(jnp.max(jnp.abs(emb[0] - emb_rev[0]))) > 1e-4
+  np.testing.assert_allclose(emb[1:], emb_rev[1:], rtol=1e-6)
+
+
+def test_generate_uses_the_prior_and_temperature(model_and_params):
+  model, params = model_and_params
+  text, mask, image = _inputs()
+  gen = lambda *a, **k: model.apply({"params": params}, text, *a, mask=mask,
+                                    method="generate", **k)
+  mean_img = gen(None, False)
+  np.testing.assert_allclose(gen(jax.random.key(3), True, temperature=0.0), mean_img,
+                             rtol=1e-6, atol=1e-6)
+  assert not np.allclose(gen(jax.random.key(3), True), mean_img)
+  out = model.apply({"params": params}, text, None, mask=mask, sample_latent=False)
+  np.testing.assert_allclose(out["recon"], mean_img, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="explicit rng"):
+    gen(None, True)
+
+
+def test_posterior_kl_uses_the_learned_prior(model_and_params):
+  model, params = model_and_params
+  text, mask, image = _inputs()
+  out = _apply(model, params, text, image, mask)
+  got = losses.posterior_kl(out)
+  want = losses.gaussian_kl(out["mean"], out["logvar"], out["prior_mean"], out["prior_logvar"])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  standard = losses.gaussian_kl(out["mean"], out["logvar"])
+  assert not np.allclose(got, standard)
+  _, metrics = losses.compute_loss({"loss": "cvae", "kl_weight": 1.0}, out,
+                                   {"image": image})
+  np.testing.assert_allclose(metrics["kl"], np.mean(want), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ loss
+
+
+def _loss_inputs(seed=0, batch=4, latent=6):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: rng.normal(size=s).astype(np.float32)
+  return {"recon": rng.uniform(size=(batch, 64, 64, 3)).astype(np.float32),
+          "target": rng.uniform(size=(batch, 64, 64, 3)).astype(np.float32),
+          "mean": f(batch, latent), "logvar": 0.3 * f(batch, latent),
+          "prior_mean": f(batch, latent), "prior_logvar": 0.3 * f(batch, latent)}
+
+
+def _kl_dims_numpy(x):
+  mq, lq, mp, lp = (np.asarray(x[k], np.float64)
+                    for k in ("mean", "logvar", "prior_mean", "prior_logvar"))
+  return 0.5 * (lp - lq + (np.exp(lq) + (mq - mp) ** 2) / np.exp(lp) - 1)  # [B, L]
+
+
+class CvaeLossTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matches_numpy(self):
+    x = _loss_inputs()
+    loss, m = self.variant(losses.cvae_loss)(**x, kl_weight=0.5)
+    mse = np.mean((x["recon"].astype(np.float64) - x["target"]) ** 2)
+    kl = _kl_dims_numpy(x).sum(-1).mean()
+    np.testing.assert_allclose(m["mse"], mse, rtol=1e-5)
+    np.testing.assert_allclose(m["kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(loss, mse + 0.5 * kl / (64 * 64 * 3), rtol=1e-5)
+    np.testing.assert_allclose(m["beta"], 0.5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_warmup_ramps_beta_linearly(self):
+    x = _loss_inputs()
+    fn = self.variant(lambda step: losses.cvae_loss(**x, kl_weight=0.2, kl_warmup_steps=100,
+                                                    step=step))
+    betas = [float(fn(jnp.int32(s))[1]["beta"]) for s in (0, 25, 100, 500)]
+    np.testing.assert_allclose(betas, [0.0, 0.05, 0.2, 0.2], rtol=1e-6)
+    loss0, m0 = fn(jnp.int32(0))
+    np.testing.assert_allclose(loss0, m0["mse"], rtol=1e-6)  # beta 0: reconstruction only
+    # No step (evaluation) or no warm-up: the full weight.
+    _, m = losses.cvae_loss(**x, kl_weight=0.2, kl_warmup_steps=100)
+    np.testing.assert_allclose(m["beta"], 0.2)
+    _, m = losses.cvae_loss(**x, kl_weight=0.2, kl_warmup_steps=0, step=0)
+    np.testing.assert_allclose(m["beta"], 0.2)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_free_bits_floor_the_batch_mean_kl_per_dim(self):
+    x = _loss_inputs()
+    per_dim = _kl_dims_numpy(x).mean(0)  # batch mean, per latent dim
+    free = float(np.median(per_dim))  # half the dims fall under it
+    loss, m = self.variant(
+        lambda **kw: losses.cvae_loss(**x, kl_weight=1.0, **kw))(free_bits=free)
+    np.testing.assert_allclose(m["kl_free_bits"], np.maximum(per_dim, free).sum(), rtol=1e-5)
+    np.testing.assert_allclose(m["kl"], per_dim.sum(), rtol=1e-5)  # reported unfloored
+    np.testing.assert_allclose(loss, m["mse"] + m["kl_free_bits"] / (64 * 64 * 3), rtol=1e-5)
+
+    # Dims under the floor get no gradient toward the prior; the others do.
+    grad = jax.grad(lambda mean: losses.cvae_loss(**dict(x, mean=mean), kl_weight=1.0,
+                                                  free_bits=free)[0])(x["mean"])
+    under = per_dim < free
+    assert under.any() and (~under).any()
+    np.testing.assert_array_equal(np.asarray(grad)[:, under], 0.0)
+    assert np.all(np.abs(np.asarray(grad)[:, ~under]).sum(0) > 0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mask_ignores_padding(self):
+    x = _loss_inputs(batch=4)
+    w = np.array([1, 0, 1, 1], np.float32)
+    loss, m = self.variant(lambda **kw: losses.cvae_loss(**x, **kw))(
+        kl_weight=0.3, free_bits=0.5, mask=w)
+    keep = w.astype(bool)
+    want, wm = losses.cvae_loss(**{k: v[keep] for k, v in x.items()}, kl_weight=0.3,
+                                free_bits=0.5)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(m["kl_free_bits"], wm["kl_free_bits"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def test_one_training_run_on_tiny_sequence_data(tmp_path):
+  c = configs.base_config()
+  c.dataset = "shapes"
+  c.data_dir = str(tmp_path / "tfds")
+  c.num_images = 40
+  c.caption_mode = "sequence"
+  c.max_caption_len = 8
+  c.remove_stopwords = False
+  c.model = "cvae"
+  c.model_kwargs = TINY
+  c.loss = "cvae"
+  c.kl_weight = 0.1
+  c.kl_warmup_steps = 4
+  c.free_bits = 0.1
+  c.optimizer = "adam"
+  c.batch_size = 8
+  c.num_epochs = 1
+  c.max_steps = 2
+  c.steps_per_scan = 2
+  c.eval_batch_size = 16
+  c.log_every_steps = 0
+  c.checkpoint_every_steps = 0
+  state = train.train_and_evaluate(c, tmp_path / "run")
+  assert int(state.step) == 2
+  recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  test = [r for r in recs if r["split"] == "test"][-1]
+  for k in ("loss", "mse", "kl", "kl_free_bits", "beta", "nelbo_nats", "bits_per_dim"):
+    assert np.isfinite(test[k]), k
+  assert test["beta"] == pytest.approx(0.1)  # evaluation uses the full weight
+  assert test["kl_nats"] == pytest.approx(test["kl"], rel=1e-4)  # ELBO with the learned prior
