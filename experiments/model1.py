@@ -18,8 +18,9 @@ def get_config():
   (rerun the same command to resume; add e.g. --config.max_steps=1000 for a smoke run).
 
   Paper (accuracy / loss): 0.4477 / 0.0684 (train), 0.4961 / 0.0679 (test).
-  Expected result: TBD: filled in by the results run.
-  Run time: TBD: filled in by the results run.
+  Expected result (shared 1,003-image sample, paper split, README "Reproducing the
+  paper"): 5 epochs: train loss 0.0657 / paper_accuracy 0.375, test 0.0650 / 0.343; the loss plateaus from epoch 2 and every caption decodes to the same mean image (posterior collapse).
+  Run time: 205-341 s per epoch (4,012 batch-1 steps) on a loaded 2-core AMD EPYC VM, CPU only.
   """
   return configs.paper_config("model1", learning_rate=1e-2)
 

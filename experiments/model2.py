@@ -18,8 +18,9 @@ def get_config():
   (rerun the same command to resume; add e.g. --config.max_steps=1000 for a smoke run).
 
   Paper (accuracy / loss): 0.4758 / 0.0667 (train), 0.4691 / 0.0667 (test).
-  Expected result: TBD: filled in by the results run.
-  Run time: TBD: filled in by the results run.
+  Expected result (shared 1,003-image sample, paper split, README "Reproducing the
+  paper"): 3 epochs: train loss 0.0642 / paper_accuracy 0.390, test 0.0641 / 0.360; plateau from epoch 2, mean image for every caption.
+  Run time: 289-384 s per epoch on a loaded 2-core AMD EPYC VM, CPU only.
   """
   return configs.paper_config("model2", learning_rate=1e-3)
 

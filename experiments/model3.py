@@ -18,8 +18,9 @@ def get_config():
   (rerun the same command to resume; add e.g. --config.max_steps=1000 for a smoke run).
 
   Paper (accuracy / loss): 0.4781 / 0.0667 (train), 0.4555 / 0.0667 (test).
-  Expected result: TBD: filled in by the results run.
-  Run time: TBD: filled in by the results run.
+  Expected result (shared 1,003-image sample, paper split, README "Reproducing the
+  paper"): 3 epochs: train loss 0.0649 / paper_accuracy 0.392, test 0.0644 / 0.348; plateau from epoch 2, mean image for every caption.
+  Run time: 462-597 s per epoch on a loaded 2-core AMD EPYC VM, CPU only.
   """
   return configs.paper_config("model3", learning_rate=1e-3)
 
