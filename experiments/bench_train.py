@@ -178,17 +178,8 @@ def run(config) -> dict:
 
 
 def main(argv: list[str]) -> int:
-  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
-  from t2i_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  try:
-    config = configs.apply_overrides(get_config(), argv)
-    result = run(config)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"machine: {result['machine']}")
-  print(json.dumps(result))
-  return 0
+  from t2i_jax import bench  # pylint: disable=import-outside-toplevel
+  return bench.main(get_config, run, argv)
 
 
 if __name__ == "__main__":

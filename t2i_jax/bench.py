@@ -83,3 +83,20 @@ class TreePeakRSS:
     self._thread.join()
     self.peak_mb = max(self.peak_mb, self._sample())
     return False
+
+
+def main(get_config, run, argv: list[str]) -> int:
+  """The shared ``main`` of benchmark modules: overrides, run, machine line, JSON last line."""
+  import json  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
+  from t2i_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs.apply_overrides(get_config(), argv)
+    result = run(config)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"machine: {result['machine']}")
+  print(json.dumps(result))
+  return 0
