@@ -25,19 +25,27 @@ NUM_SAMPLES = 6
 
 
 def get_config():
-  r"""Small CVAE on 5,000 shapes images (22,500 train pairs): prepare + train in < 5 min.
+  r"""Small CVAE on 5,000 shapes images (22,500 train pairs), then a sample grid.
 
   Command:
     python -m experiments.quickstart --workdir runs/quickstart
-  (rerun the same command to resume; the samples are redrawn at the end of each run).
+  (rerun the same command to resume; the grid is redrawn at the end of each run).
 
   Data: shapes, 5,000 images (4,500 train / 250 test / 250 compositional; 5 captions each),
   GloVe 50d word sequences (stopwords kept, up to 24 words).
-  Model: CVAE with text width 64 (1 transformer layer), encoder convs 16/32/64/128, decoder
-  128 -> 64/32/16 channels, 32-d latent; 'cvae' loss with kl_weight 0.05, 300 warm-up
-  steps; Adam 1e-3, batch 32, 900 steps (1.3 epochs).
-  Expected result: TBD measured numbers, see below.
-  Run time: TBD measured numbers, see below.
+  Model: CVAE (1.04M parameters): text width 64 (1 transformer layer), encoder convs
+  16/32/64/128, decoder 4x4x128 -> 64/32/16 channels, 32-d latent; 'cvae' loss with
+  kl_weight 0.5 and 300 warm-up steps; Adam 1e-3, batch 32, 900 steps (1.3 epochs).
+  Writes WORKDIR/samples/quickstart.png: 6 prior samples for each of CAPTIONS.
+
+  Expected result (measured, seed 0): test MSE 0.0064, PSNR 23.0 dB, KL 17.1 nats,
+  bits/dim -1.53 (sigma 0.1). Samples are blurry: colours follow the caption; stated
+  positions are right in about half of the samples, with faint ghosts in other cells;
+  two-object captions are not yet followed (both objects come out one mixed colour).
+  Run time (measured on the 2-core CPU shared with 2-5 other jobs, load average 4-8):
+  preparing 98 s + training, evaluation and grid 306 s = 6.7 min. Training ran at 7.5
+  steps/s while the load was lowest and 3 steps/s at its highest; on an otherwise idle
+  machine that gives an ESTIMATED 4-4.5 min in total.
   """
   c = configs.cvae_config("shapes")
   c.num_images = 5000
