@@ -1,0 +1,497 @@
+"""``t2i evaluate``: caption-following and image-quality metrics of a trained run.
+
+Every number is an entry ``{"name", "split", "model", "n", "mean", "std", "seeds", ...}``:
+``n`` is what the number averages over (captions, stated attributes, cells), ``mean`` and
+``std`` are over ``seeds`` generation seeds (sample std; 0 for deterministic sources, which
+have ``seeds: 1``), except R-precision, whose ``std`` is over its 10 folds as in AttnGAN
+(``std_over`` says which). Each metric is computed for the run's model and, through the
+very same code, for baselines: ``real`` (the dataset's own test images: the ceiling),
+``mean_image`` (the mean training image for every caption), ``retrieval`` (the training
+image whose caption tensor is nearest in cosine; sequence captions as the masked mean of
+their word vectors) and, with ``--baseline-workdir``, a second run (e.g. a paper model).
+
+Shapes: a scene reader (``t2i_jax.scene_reader``) reads each image back; per stated
+attribute (``stated_accuracy/<attr>`` from ``shapes.caption_checks``, ``n`` = how many
+captions state it) and ``all_stated_correct`` (``shapes.caption_is_satisfied``, ``n`` =
+captions) on the ``test`` and ``compositional`` splits. ``reader_accuracy/<attr>`` is the
+reader against the ground truth: on its own held-out renders (split ``reader_heldout``) and
+on the scored real images (model ``real``, ``n`` = scored pairs).
+
+Flickr8k: a dual encoder (``t2i_jax.dual_encoder``) trained on the official train split.
+``r_precision``: R@1 of the true caption against 99 captions of other images (AttnGAN),
+mean and std over 10 folds; ``FD_dual`` and ``KID_dual``: Fréchet distance and the kernel
+inception distance estimator in the dual encoder's image-feature space (not Inception: no
+FID). Pairs are those of the run's test split whose image is in the official test split,
+so the dual encoder never trained on an evaluated image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from t2i_jax.errors import UserError
+
+DEFAULT_NUM = 1000
+DEFAULT_SEEDS = 3
+R_PRECISION_FOLDS = 10
+R_PRECISION_DISTRACTORS = 99
+GRID_ROWS = 8
+_SELECT_SEED = 0  # which pairs are scored and which distractors: the same for every model
+
+# ------------------------------------------------------------------------------ entries
+
+
+def entry(name: str, split: str, model: str, n: int, values: Sequence[float], *,
+          std_over: str = "seeds", std: float | None = None, **extra) -> dict[str, Any]:
+  """One result: mean of ``values`` (one per seed) and their sample std (0 for one value)."""
+  v = np.asarray(values, np.float64)
+  if std is None:
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+  out = {"name": name, "split": split, "model": model, "n": int(n), "mean": float(v.mean()),
+         "std": float(std), "seeds": int(extra.pop("seeds", v.size)), "std_over": std_over}
+  out.update(extra)
+  return out
+
+
+def format_table(results: Sequence[Mapping[str, Any]]) -> str:
+  """The entries as an aligned text table, one line each."""
+  header = ("split", "model", "name", "n", "mean", "std", "seeds")
+  rows = [header] + [(r["split"], r["model"], r["name"], str(r["n"]), f"{r['mean']:.4f}",
+                      f"{r['std']:.4f}", str(r["seeds"])) for r in results]
+  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+  return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+# ------------------------------------------------------------------------ metric functions
+
+
+def r_precision_candidates(groups: np.ndarray, distractors: int = R_PRECISION_DISTRACTORS,
+                           seed: int = _SELECT_SEED) -> np.ndarray:
+  """[N, 1 + k] caption indices: the true one first, then k captions of *other* images.
+
+  ``groups[i]`` is the image of caption i (captions of one image never compete). k is
+  ``distractors`` or fewer when the set is small (the same k for every row).
+  """
+  groups = np.asarray(groups)
+  n = len(groups)
+  others = [np.flatnonzero(groups != groups[i]) for i in range(n)]
+  k = min([distractors] + [len(o) for o in others]) if n else 0
+  if n and k < 1:
+    raise UserError("R-precision needs captions of at least two different images.")
+  rng = np.random.default_rng([seed, 0x4E5C])
+  out = np.empty((n, 1 + k), np.int64)
+  for i in range(n):
+    out[i, 0] = i
+    out[i, 1:] = rng.choice(others[i], size=k, replace=False)
+  return out
+
+
+def r_precision_hits(image_emb: np.ndarray, text_emb: np.ndarray,
+                     candidates: np.ndarray) -> np.ndarray:
+  """[N] bool: image i is more similar (cosine) to its caption than to every distractor."""
+  img = _unit(image_emb)
+  txt = _unit(text_emb)
+  sims = np.einsum("nd,nkd->nk", img, txt[candidates])
+  return sims[:, 0] > sims[:, 1:].max(axis=1)
+
+
+def folds(values: np.ndarray, num_folds: int = R_PRECISION_FOLDS,
+          seed: int = _SELECT_SEED) -> np.ndarray:
+  """Means of ``values`` over ``num_folds`` disjoint random folds (fewer if N is smaller)."""
+  values = np.asarray(values, np.float64)
+  k = max(1, min(num_folds, len(values)))
+  order = np.random.default_rng([seed, 0xF01D]).permutation(len(values))
+  return np.array([values[f].mean() for f in np.array_split(order, k)])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+  """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets [N, D]."""
+  import scipy.linalg  # pylint: disable=import-outside-toplevel
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(a) < 2 or len(b) < 2:
+    raise ValueError("the Fréchet distance needs at least two samples per set")
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  covmean, _ = scipy.linalg.sqrtm(s_a @ s_b, disp=False)
+  if not np.isfinite(covmean).all():  # singular product: nudge both (as pytorch-fid does)
+    eps = 1e-6 * np.eye(a.shape[1])
+    covmean = scipy.linalg.sqrtm((s_a + eps) @ (s_b + eps))
+  covmean = np.real(covmean)
+  fd = float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+  return max(fd, 0.0)
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+  """Unbiased MMD^2 with KID's kernel k(u, v) = (u.v / d + 1)^3."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  m, n, d = len(x), len(y), x.shape[1]
+  if m < 2 or n < 2:
+    raise ValueError("KID needs at least two samples per set")
+  kxx = (x @ x.T / d + 1) ** 3
+  kyy = (y @ y.T / d + 1) ** 3
+  kxy = (x @ y.T / d + 1) ** 3
+  return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+               + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+def kid(x: np.ndarray, y: np.ndarray, subset_size: int = 1000, num_subsets: int = 50,
+        seed: int = _SELECT_SEED) -> float:
+  """KID: the unbiased MMD^2 averaged over random subsets (the full sets when small)."""
+  m = min(len(x), len(y), subset_size)
+  if m >= len(x) and m >= len(y):
+    return mmd2_unbiased(x, y)
+  rng = np.random.default_rng([seed, 0x41D])
+  return float(np.mean([mmd2_unbiased(x[rng.choice(len(x), m, replace=False)],
+                                      y[rng.choice(len(y), m, replace=False)])
+                        for _ in range(num_subsets)]))
+
+
+def caption_vectors(text: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+  """Caption tensors -> one vector each: itself, or the masked mean of a sequence."""
+  text = np.asarray(text, np.float32)
+  if text.ndim == 2:
+    return text
+  if mask is None:
+    raise ValueError("sequence caption tensors need their mask")
+  m = np.asarray(mask, np.float32)[..., None]
+  return (text * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+
+def nearest_captions(query: np.ndarray, pool: np.ndarray, chunk: int = 256) -> np.ndarray:
+  """For each query row, the index of the pool row of highest cosine similarity."""
+  q, p = _unit(query).astype(np.float32), _unit(pool).astype(np.float32)
+  return np.concatenate([np.argmax(q[s:s + chunk] @ p.T, axis=1)
+                         for s in range(0, len(q), chunk)]) if len(q) else np.zeros(0, int)
+
+
+STATED_GROUPS = ("background", "count", "shape", "colour", "size", "cell", "relation")
+
+
+def shapes_scores(pred: Mapping[str, np.ndarray], stated: np.ndarray
+                  ) -> dict[str, tuple[int, int]]:
+  """(correct, stated) per attribute group, and ``all_stated_correct`` over captions.
+
+  ``pred`` is a batched reader prediction, row i read off the image made for caption i.
+  Mentions are pooled: ``shape`` counts obj0_shape and obj1_shape verdicts together.
+  """
+  from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
+  from t2i_jax.scene_reader import attributes_at  # pylint: disable=import-outside-toplevel
+  counts = {g: [0, 0] for g in STATED_GROUPS}
+  satisfied = 0
+  for i in range(len(stated)):
+    checks = shapes.caption_checks(attributes_at(pred, i), stated[i])
+    satisfied += int(checks.pop("all"))
+    for key, ok in checks.items():
+      group = key.split("_", 1)[1] if key.startswith("obj") else key
+      counts[group][0] += int(ok)
+      counts[group][1] += 1
+  out = {g: (c, t) for g, (c, t) in counts.items()}
+  out["all_stated_correct"] = (satisfied, len(stated))
+  return out
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+@dataclasses.dataclass
+class Source:
+  """Images for the scored captions: ``images(seed)`` -> uint8 [N, 64, 64, 3]."""
+
+  name: str
+  images: Callable[[int], np.ndarray]
+  random: bool  # True: scored for every seed; False: once
+
+
+def _model_source(name: str, gen, text: np.ndarray) -> Source:
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  cache: dict[int, np.ndarray] = {}
+
+  def images(seed: int) -> np.ndarray:
+    if seed not in cache:
+      cache[seed] = sample.generate_from_tensors(gen, text, 1, seed)[:, 0]
+    return cache[seed]
+
+  return Source(name, images, random=True)
+
+
+def _fixed_source(name: str, images: np.ndarray) -> Source:
+  return Source(name, lambda seed: images, random=False)
+
+
+def _pair_keys(table) -> np.ndarray:
+  ids = table.image_ids[table.image_index]
+  return np.array([f"{i}#{c}" for i, c in zip(ids, table.caption_index)])
+
+
+def _aligned_text(table, base_table, idx: np.ndarray) -> np.ndarray:
+  """The caption tensors of ``base_table`` for pairs ``idx`` of ``table`` (same captions)."""
+  lookup = {k: j for j, k in enumerate(_pair_keys(base_table))}
+  keys = _pair_keys(table)[idx]
+  missing = [k for k in keys if k not in lookup]
+  if missing:
+    raise UserError(f"the baseline run's dataset lacks {len(missing)} of the evaluated pairs "
+                    f"(e.g. {missing[0]}); evaluate runs of the same dataset.")
+  return base_table.text[np.array([lookup[k] for k in keys])]
+
+
+def _baseline_sources(split_table_fn, train, baseline, idx_table, idx) -> list[Source]:
+  """mean_image and retrieval (deterministic) and the baseline run (random), if any."""
+  mean_image = np.round(train.images.reshape(len(train.images), -1).mean(0)).astype(
+      np.uint8).reshape(train.images.shape[1:])
+  sources = [_fixed_source("mean_image",
+                           np.broadcast_to(mean_image, (len(idx),) + mean_image.shape))]
+  query = caption_vectors(idx_table.text[idx], None if idx_table.mask is None else
+                          idx_table.mask[idx])
+  pool = caption_vectors(train.text, train.mask)
+  nearest = nearest_captions(query, pool)
+  sources.append(_fixed_source("retrieval", train.images[train.image_index[nearest]]))
+  if baseline is not None:
+    base_table = split_table_fn(baseline.config)
+    sources.append(_model_source(baseline.name, baseline.gen,
+                                 _aligned_text(idx_table, base_table, idx)))
+  return sources
+
+
+@dataclasses.dataclass
+class _Baseline:
+  gen: Any
+  name: str
+
+  @property
+  def config(self):
+    return self.gen.config
+
+
+# ------------------------------------------------------------------------------- flows
+
+
+def _override_data_dir(config, data_dir):
+  if not data_dir:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data_dir = str(data_dir)
+  return config
+
+
+def _subset(n_total: int, num: int | None) -> np.ndarray:
+  """The scored pairs: the first ``num`` of a fixed random order (sorted), or all."""
+  order = np.random.default_rng([_SELECT_SEED, 0x5E1]).permutation(n_total)
+  return np.sort(order[:num] if num else order)
+
+
+def _grid(path: Path, captions: Sequence[str], columns: list[tuple[str, np.ndarray]]) -> Path:
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  rows = min(GRID_ROWS, len(captions))
+  images = np.stack([c[1][:rows] for c in columns], axis=1)
+  return sample.save_grid(images, [str(c) for c in captions[:rows]], path,
+                          col_labels=[c[0] for c in columns])
+
+
+def _grid_columns(sources: list[Source], real: np.ndarray, seeds: int
+                  ) -> list[tuple[str, np.ndarray]]:
+  cols = [("real", real)]
+  for s in sources:
+    if s.random:
+      cols += [(f"{s.name} s{k}", s.images(k)) for k in range(min(seeds, 2))]
+    else:
+      cols.append((s.name, s.images(0)))
+  return cols
+
+
+def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, reader=None,
+                    out_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+  """Scene-reader metrics on the test and compositional splits (see the module docstring)."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from t2i_jax import scene_reader  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  reader = reader or scene_reader.get_scene_reader(progress=progress)
+  results = []
+  held = reader.meta.get("heldout_accuracy", {})
+  for attr in scene_reader.ATTRIBUTES:
+    if attr in held:
+      results.append(entry(f"reader_accuracy/{attr}", "reader_heldout", "scene_reader",
+                           reader.meta.get("heldout_images", 0), [held[attr]]))
+  train = pipeline.load_table(config, "train")
+  pictures = []
+  for split in ("test", "compositional"):
+    table = pipeline.load_table(config, split)
+    idx = _subset(len(table), num)
+    stated = table.extras["stated"][idx]
+    real = table.images[table.image_index[idx]]
+    truth = {k: table.extras[f"attr_{k}"][idx] for k in scene_reader.ATTRIBUTES}
+    split_table = lambda cfg, split=split: pipeline.load_table(cfg, split)
+    sources = [_model_source(gen.config.model, gen, table.text[idx])]
+    sources += _baseline_sources(split_table, train, baseline, table, idx)
+    sources.append(_fixed_source("real", real))
+    pred_real = reader.predict(real)
+    acc = scene_reader.pooled_accuracy(pred_real, truth)
+    for attr in scene_reader.ATTRIBUTES:
+      results.append(entry(f"reader_accuracy/{attr}", split, "real", len(idx), [acc[attr]]))
+    for source in tqdm(sources, desc=f"shapes/{split}", unit="model", disable=not progress):
+      per_seed: dict[str, list[float]] = {}
+      totals: dict[str, int] = {}
+      for seed in range(seeds if source.random else 1):
+        scores = shapes_scores(reader.predict(source.images(seed)), stated)
+        for key, (correct, total) in scores.items():
+          if total:
+            per_seed.setdefault(key, []).append(correct / total)
+            totals[key] = total
+      for key, values in per_seed.items():
+        name = key if key == "all_stated_correct" else f"stated_accuracy/{key}"
+        results.append(entry(name, split, source.name, totals[key], values))
+    path = out_dir / f"shapes_{split}.png"
+    _grid(path, table.captions[idx], _grid_columns(sources[:-1], real, seeds))
+    pictures.append(str(path))
+  meta = {"scene_reader": {k: reader.meta.get(k) for k in (
+      "key", "cache_dir", "heldout_accuracy", "heldout_images", "train_s", "total_s")},
+          "pictures": pictures}
+  return results, meta
+
+
+def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None, dual=None,
+                      out_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+  """Dual-encoder metrics on the official test images (see the module docstring)."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from t2i_jax import dual_encoder  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  official = dual_encoder.official_config(config)
+  if dual is None:
+    dual = dual_encoder.get_dual_encoder(
+        official, table=pipeline.load_table(official, "train"), progress=progress)
+  official_test = pipeline.load_table(official, "test")
+  test_ids = set(official_test.image_ids.tolist())
+  table = pipeline.load_table(config, "test")
+  in_test = np.array([i in test_ids for i in table.image_ids[table.image_index]])
+  pool = np.flatnonzero(in_test)
+  if len(pool) == 0:
+    raise UserError("no pair of the run's test split has an image in the official test split.")
+  idx = pool[_subset(len(pool), num)]
+  groups = table.image_ids[table.image_index[idx]]
+  captions = table.captions[idx]
+  real = table.images[table.image_index[idx]]
+  text_emb = dual.embed_captions(captions)
+  candidates = r_precision_candidates(groups)
+  real_feats, _ = dual.embed_images(real)
+  train = pipeline.load_table(config, "train")
+  split_table = lambda cfg: pipeline.load_table(cfg, "test")
+  sources = [_model_source(gen.config.model, gen, table.text[idx])]
+  sources += _baseline_sources(split_table, train, baseline, table, idx)
+  sources.append(_fixed_source("real", real))
+  # The "real" floor of FD/KID: as many dev-split images (never trained on by the dual
+  # encoder, never scored) against the same test images.
+  try:
+    dev = pipeline.load_table(official, "dev")
+    pick = np.random.default_rng([_SELECT_SEED, 0xDE5]).choice(
+        len(dev), size=min(len(dev), len(idx)), replace=False)
+    dev_feats, _ = dual.embed_images(dev.images[dev.image_index[pick]])
+  except UserError:
+    dev_feats = None
+  results = []
+  n = len(idx)
+  k = candidates.shape[1] - 1
+  # The paper split trains on captions #0-3 of every image, test ones included: retrieval
+  # (like any model that memorises) can then return the very test image.
+  leaky = ("the retrieval pool holds captions #0-3 of the test images (paper split)"
+           if config.get("split_scheme", "paper") == "paper" else "")
+  for source in tqdm(sources, desc="flickr8k/test", unit="model", disable=not progress):
+    fold_scores, rp_seed, fds, kids = [], [], [], []
+    for seed in range(seeds if source.random else 1):
+      feats, emb = dual.embed_images(source.images(seed))
+      hits = r_precision_hits(emb, text_emb, candidates)
+      fold_scores.append(folds(hits))
+      rp_seed.append(hits.mean())
+      if source.name == "real":
+        feats = dev_feats
+      if feats is not None and len(feats) >= 2:
+        fds.append(frechet_distance(feats, real_feats))
+        kids.append(kid(feats, real_feats))
+    fold_mean = np.mean(fold_scores, axis=0)
+    note = {"note": leaky} if source.name == "retrieval" and leaky else {}
+    results.append(entry("r_precision", "test", source.name, n, rp_seed, std_over="folds",
+                         std=float(fold_mean.std()), folds=len(fold_mean), distractors=k,
+                         seed_std=float(np.std(rp_seed, ddof=1)) if len(rp_seed) > 1 else 0.0,
+                         **note))
+    if source.name == "real":
+      note = {"note": "dev-split images against the test images: the floor at this n"}
+    if fds:
+      results.append(entry("FD_dual", "test", source.name, n, fds, **note))
+      results.append(entry("KID_dual", "test", source.name, n, kids, **note))
+  path = out_dir / "flickr8k_test.png"
+  _grid(path, captions, _grid_columns(sources[:-1], real, seeds))
+  meta = {"dual_encoder": {k: dual.meta.get(k) for k in (
+      "cache_dir", "data", "steps", "train_s", "final_loss", "temperature")},
+          "test_pairs_available": int(len(pool)), "pictures": [str(path)]}
+  return results, meta
+
+
+def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
+                 num: int | None = DEFAULT_NUM, seeds: int = DEFAULT_SEEDS,
+                 baseline_workdir: str | Path | None = None, data_dir: str | None = None,
+                 reader=None, dual=None, progress: bool = True) -> dict[str, Any]:
+  """Scores the run in ``workdir``; writes the JSON (default W/eval/results.json) and grids.
+
+  ``reader`` / ``dual`` replace the cached scene reader / dual encoder (tests pass tiny
+  ones).
+  """
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common  # pylint: disable=import-outside-toplevel
+  if seeds < 1:
+    raise UserError(f"--seeds must be at least 1, got {seeds}.")
+  if num is not None and num < 1:
+    raise UserError(f"--num must be at least 1, got {num}.")
+  gen = sample.load_generator(workdir)
+  config = _override_data_dir(gen.config, data_dir)
+  baseline = None
+  if baseline_workdir:
+    bgen = sample.load_generator(baseline_workdir)
+    if bgen.config.get("dataset", "shapes") != config.get("dataset", "shapes"):
+      raise UserError(f"the baseline run is on {bgen.config.get('dataset')}, the run on "
+                      f"{config.get('dataset')}; evaluate runs of the same dataset.")
+    bgen = dataclasses.replace(bgen, config=_override_data_dir(bgen.config, data_dir))
+    name = bgen.config.model
+    if name == gen.config.model:
+      name = f"baseline_{name}"
+    baseline = _Baseline(gen=bgen, name=name)
+  common.host_only_tensorflow()
+  out_dir = gen.workdir / "eval"
+  dataset = config.get("dataset", "shapes")
+  kwargs = dict(config=config, num=num, seeds=seeds, baseline=baseline, out_dir=out_dir,
+                progress=progress)
+  if dataset == "shapes":
+    results, meta = evaluate_shapes(gen, reader=reader, **kwargs)
+  elif dataset == "flickr8k":
+    results, meta = evaluate_flickr8k(gen, dual=dual, **kwargs)
+  else:
+    raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes or flickr8k runs.")
+  report = {
+      "workdir": str(gen.workdir), "step": gen.step, "dataset": dataset,
+      "model": gen.config.model, "seeds": seeds, "num": num,
+      "baseline_workdir": str(baseline_workdir) if baseline_workdir else None,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      **meta, "results": results,
+  }
+  path = Path(out).expanduser() if out else out_dir / "results.json"
+  sample.atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"),
+                     path)
+  report["path"] = str(path)
+  return report
+
+
+__all__ = [
+    "caption_vectors", "entry", "evaluate_run", "folds", "format_table", "frechet_distance",
+    "kid", "mmd2_unbiased", "nearest_captions", "r_precision_candidates", "r_precision_hits",
+    "shapes_scores",
+]
