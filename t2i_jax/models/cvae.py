@@ -10,19 +10,20 @@ position or background):
     pooling -> e [B, width]. Positions make word order count ("a red circle left of a blue
     square" is not its reverse). A caption vector [B, D] (sum/mean mode) is read as a
     length-1 sequence, so the model runs on every prepared dataset.
-  * posterior q(z | image, text): strided 3x3 convs 64 -> 32 -> 16 -> 8 -> 4 (+ GroupNorm,
-    SiLU), flattened, joined with e, MLP -> mean, logvar.
+  * posterior q(z | image, text): strided 3x3 convs 64 -> 32 -> 16 -> 8 -> 4 (optional
+    GroupNorm, SiLU), flattened, joined with e, MLP -> mean, logvar.
   * prior p(z | text): MLP on e -> mean, logvar (the KL is taken against it).
   * decoder p(image | z, text): Dense(z, e) -> 4x4xC, then per block a sub-pixel 2x
     upsampling (3x3 conv + depth_to_space), optional GroupNorm, FiLM from e, SiLU; a last
     sub-pixel 3x3 conv reaches 64x64x3, then a sigmoid.
 
-GroupNorm is off by default (``groups=0``): on a 2-core CPU it cost ~40% of the step time
-for no visible gain in short runs.
+GroupNorm is off by default (``groups=0``): on a 2-core CPU it added ~40-65% to the step
+time, and the runs trained stably without it (its effect on quality was not measured).
 
 Interface: that of ``t2i_jax.models.paper`` plus the caption ``mask``, and 'prior_mean' /
 'prior_logvar' in the outputs so ``losses.posterior_kl`` uses the learned prior.
-``generate`` decodes z from the prior.
+``generate(text, rng, sample_latent, *, mask, temperature)`` decodes z from the prior. A
+sequence given without its mask is masked where its vectors are zero (``as_sequence``).
 """
 
 from __future__ import annotations
