@@ -2,9 +2,9 @@
 
 Command (shared Flickr8k sample, as in the README table):
   python -m experiments.bench_pipeline --config.dataset=flickr8k \
-      --config.manual_dir=$T2I_FLICKR8K_DIR --config.data_dir=/tmp/t2i_bench
+      --config.manual_dir=$T2I_FLICKR8K_DIR --config.data_dir=DATA_DIR
 Or the built-in shapes set (default, 20,000 images):
-  python -m experiments.bench_pipeline --config.data_dir=/tmp/t2i_bench
+  python -m experiments.bench_pipeline --config.data_dir=DATA_DIR
 
 It prepares into ``data_dir`` (delete it to time a cold prepare; an already prepared set is
 reported with prepare_seconds 0), loads the train split, and times ``epochs`` passes of the
