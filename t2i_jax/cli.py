@@ -51,7 +51,7 @@ def _cmd_sample(args) -> None:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   n = args.n if args.n is not None else (1 if args.mean else 8)
   print(sample.sample_grid(args.workdir, args.captions, n=n, seed=args.seed, out=args.out,
-                           sample_latent=not args.mean))
+                           sample_latent=not args.mean, temperature=args.temperature))
 
 
 def _cmd_compare(args) -> None:
@@ -69,9 +69,16 @@ def _cmd_evaluate(args) -> None:
   from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
   report = evaluate.evaluate_run(args.workdir, out=args.out, num=args.num, seeds=args.seeds,
                                  baseline_workdir=args.baseline_workdir,
-                                 data_dir=args.data_dir)
-  print(evaluate.format_table(report["results"]))
+                                 data_dir=args.data_dir, temperature=args.temperature)
+  if args.long:
+    print(evaluate.format_table(report["results"]))
+  else:
+    print(evaluate.format_pivot(report["results"], markdown=args.markdown))
   print(report["path"])
+
+
+_TEMPERATURE_HELP = ("scale of the prior's std when sampling z (CVAE; default: the run's "
+                     "config.sample_temperature, else 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
   ps.add_argument("-n", type=int, default=None, help="images per caption (default 8; "
                   "1 with --mean)")
   ps.add_argument("--seed", type=int, default=0)
+  ps.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
   ps.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_<step>.png)")
   ps.add_argument("--mean", action="store_true",
                   help="decode the posterior mean instead of sampling z")
@@ -139,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
   pe.add_argument("--out", help="JSON path (default: WORKDIR/eval/results.json)")
   pe.add_argument("--num", type=int, default=1000, help="test pairs scored per split")
   pe.add_argument("--seeds", type=int, default=3, help="generation seeds (mean and std)")
+  pe.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
+  pe.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+  pe.add_argument("--long", action="store_true",
+                  help="print one line per result (with reader checks) instead of the table")
   pe.add_argument("--baseline-workdir", help="a second run (e.g. a paper model) to score too")
   pe.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
                   "run's config says")

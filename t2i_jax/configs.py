@@ -54,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.kl_weight = 1.0
   c.kl_warmup_steps = 0  # 'cvae' loss: steps of the linear KL warm-up (0 = none)
   c.free_bits = 0.0  # 'cvae' loss: nats per latent dim that cost nothing (0 = off)
+  c.gsnn_weight = 0.0  # 'cvae' loss: weight of the prior-path MSE (Sohn et al.'s hybrid)
+  c.sample_temperature = 1.0  # default for t2i sample/evaluate: prior std scale (CVAE)
   c.obs_sigma = 0.1  # decoder scale of the reported negative ELBO (losses.negative_elbo)
   # Optimisation.
   c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam

@@ -132,9 +132,10 @@ def caption_vectors(captions: Sequence[str]) -> np.ndarray:
   """Raw captions -> [N, 50] mean GloVe 6B 50d vectors of their cleaned, stopword-free words."""
   from t2i_jax import glove as glove_lib  # pylint: disable=import-outside-toplevel
   g = glove_lib.load(None)
+  if not len(captions):
+    return np.zeros((0, g.dim), np.float32)
   return np.stack([g.encode(str(c), mode="mean", remove_stopwords=True).vector
-                   for c in captions]).astype(np.float32) if len(captions) else np.zeros(
-                       (0, g.dim), np.float32)
+                   for c in captions]).astype(np.float32)
 
 
 def _shift_flip(key: jax.Array, x: jax.Array, max_shift: int) -> jax.Array:

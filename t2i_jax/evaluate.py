@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,11 +64,50 @@ def entry(name: str, split: str, model: str, n: int, values: Sequence[float], *,
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
   """The entries as an aligned text table, one line each."""
   header = ("split", "model", "name", "n", "mean", "std", "seeds")
-  rows = [header] + [(r["split"], r["model"], r["name"], str(r["n"]), f"{r['mean']:.4f}",
-                      f"{r['std']:.4f}", str(r["seeds"])) for r in results]
+  num = lambda v: f"{v:.3e}" if 0 < abs(v) < 1e-2 else f"{v:.4f}"  # KID is often ~1e-4
+  rows = [header] + [(r["split"], r["model"], r["name"], str(r["n"]), num(r["mean"]),
+                      num(r["std"]), str(r["seeds"])) for r in results]
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def format_pivot(results: Sequence[Mapping[str, Any]], *, markdown: bool = False,
+                 names: Sequence[str] | None = None) -> str:
+  """Models side by side: one row per (split, metric), one column per model.
+
+  Each cell is ``mean ± std`` (the std over seeds, or over folds for R-precision; omitted
+  when there is one value); ``n`` is the row's sample count. Reader self-checks (split
+  ``reader_heldout``, names ``reader_accuracy/*``) are left out: they score the reader, not
+  a model. ``names`` keeps only those metrics. ``markdown`` gives a GitHub table.
+  """
+  rows = [r for r in results if not str(r["name"]).startswith("reader_accuracy")
+          and (names is None or r["name"] in names)]
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  keys = list(dict.fromkeys((r["split"], r["name"]) for r in rows))
+  cell = {(r["split"], r["name"], r["model"]): r for r in rows}
+  num = lambda v: f"{v:.3g}" if 0 < abs(v) < 1e-2 else f"{v:.3f}"
+
+  def fmt(r):
+    if r is None:
+      return "-"
+    many = r["seeds"] > 1 or r.get("std_over") == "folds"
+    return num(r["mean"]) + (f" ± {num(r['std'])}" if many else "")
+
+  header = ["split", "metric", "n"] + models
+  table = [header]
+  for split, name in keys:
+    present = [cell.get((split, name, m)) for m in models]
+    n = next(r["n"] for r in present if r is not None)
+    table.append([split, name, str(n)] + [fmt(r) for r in present])
+  if markdown:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return "\n".join(lines)
+  widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+  return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))) for row in table)
 
 
 # ------------------------------------------------------------------------ metric functions
@@ -125,10 +165,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     raise ValueError("the Fréchet distance needs at least two samples per set")
   mu_a, mu_b = a.mean(0), b.mean(0)
   s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  covmean, _ = scipy.linalg.sqrtm(s_a @ s_b, disp=False)
-  if not np.isfinite(covmean).all():  # singular product: nudge both (as pytorch-fid does)
-    eps = 1e-6 * np.eye(a.shape[1])
-    covmean = scipy.linalg.sqrtm((s_a + eps) @ (s_b + eps))
+  with warnings.catch_warnings():  # fewer samples than dimensions: singular, and said so
+    warnings.simplefilter("ignore")
+    covmean = scipy.linalg.sqrtm(s_a @ s_b)
+    if not np.isfinite(covmean).all():  # nudge both (as pytorch-fid does)
+      eps = 1e-6 * np.eye(a.shape[1])
+      covmean = scipy.linalg.sqrtm((s_a + eps) @ (s_b + eps))
   covmean = np.real(covmean)
   fd = float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
   return max(fd, 0.0)
@@ -215,13 +257,15 @@ class Source:
   random: bool  # True: scored for every seed; False: once
 
 
-def _model_source(name: str, gen, text: np.ndarray) -> Source:
+def _model_source(name: str, gen, text: np.ndarray, temperature: float | None = None
+                  ) -> Source:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   cache: dict[int, np.ndarray] = {}
 
   def images(seed: int) -> np.ndarray:
     if seed not in cache:
-      cache[seed] = sample.generate_from_tensors(gen, text, 1, seed)[:, 0]
+      cache[seed] = sample.generate_from_tensors(gen, text, 1, seed,
+                                                 temperature=temperature)[:, 0]
     return cache[seed]
 
   return Source(name, images, random=True)
@@ -312,7 +356,7 @@ def _grid_columns(sources: list[Source], real: np.ndarray, seeds: int
 
 
 def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, reader=None,
-                    out_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+                    out_dir: Path, progress: bool = True, temperature: float | None = None) -> tuple[list[dict], dict]:
   """Scene-reader metrics on the test and compositional splits (see the module docstring)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from t2i_jax import scene_reader  # pylint: disable=import-outside-toplevel
@@ -333,7 +377,7 @@ def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, 
     real = table.images[table.image_index[idx]]
     truth = {k: table.extras[f"attr_{k}"][idx] for k in scene_reader.ATTRIBUTES}
     split_table = lambda cfg, split=split: pipeline.load_table(cfg, split)
-    sources = [_model_source(gen.config.model, gen, table.text[idx])]
+    sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
     sources += _baseline_sources(split_table, train, baseline, table, idx)
     sources.append(_fixed_source("real", real))
     pred_real = reader.predict(real)
@@ -356,13 +400,15 @@ def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, 
     _grid(path, table.captions[idx], _grid_columns(sources[:-1], real, seeds))
     pictures.append(str(path))
   meta = {"scene_reader": {k: reader.meta.get(k) for k in (
-      "key", "cache_dir", "heldout_accuracy", "heldout_images", "train_s", "total_s")},
+      "key", "cache_dir", "heldout_accuracy", "heldout_images", "train_s", "total_s",
+      "cpu_s")},
           "pictures": pictures}
   return results, meta
 
 
 def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None, dual=None,
-                      out_dir: Path, progress: bool = True) -> tuple[list[dict], dict]:
+                      out_dir: Path, progress: bool = True, temperature: float | None = None
+                      ) -> tuple[list[dict], dict]:
   """Dual-encoder metrics on the official test images (see the module docstring)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from t2i_jax import dual_encoder  # pylint: disable=import-outside-toplevel
@@ -387,7 +433,7 @@ def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None
   real_feats, _ = dual.embed_images(real)
   train = pipeline.load_table(config, "train")
   split_table = lambda cfg: pipeline.load_table(cfg, "test")
-  sources = [_model_source(gen.config.model, gen, table.text[idx])]
+  sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
   sources += _baseline_sources(split_table, train, baseline, table, idx)
   sources.append(_fixed_source("real", real))
   # The "real" floor of FD/KID: as many dev-split images (never trained on by the dual
@@ -440,8 +486,12 @@ def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None
 def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
                  num: int | None = DEFAULT_NUM, seeds: int = DEFAULT_SEEDS,
                  baseline_workdir: str | Path | None = None, data_dir: str | None = None,
-                 reader=None, dual=None, progress: bool = True) -> dict[str, Any]:
+                 reader=None, dual=None, progress: bool = True,
+                 temperature: float | None = None) -> dict[str, Any]:
   """Scores the run in ``workdir``; writes the JSON (default W/eval/results.json) and grids.
+
+  ``temperature`` scales the prior's std when the run's model samples z (None: the run's
+  ``config.sample_temperature``); baselines sample at their own defaults.
 
   ``reader`` / ``dual`` replace the cached scene reader / dual encoder (tests pass tiny
   ones).
@@ -468,8 +518,9 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   common.host_only_tensorflow()
   out_dir = gen.workdir / "eval"
   dataset = config.get("dataset", "shapes")
+  temperature = sample.default_temperature(gen) if temperature is None else float(temperature)
   kwargs = dict(config=config, num=num, seeds=seeds, baseline=baseline, out_dir=out_dir,
-                progress=progress)
+                progress=progress, temperature=temperature)
   if dataset == "shapes":
     results, meta = evaluate_shapes(gen, reader=reader, **kwargs)
   elif dataset == "flickr8k":
@@ -478,7 +529,7 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
     raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes or flickr8k runs.")
   report = {
       "workdir": str(gen.workdir), "step": gen.step, "dataset": dataset,
-      "model": gen.config.model, "seeds": seeds, "num": num,
+      "model": gen.config.model, "seeds": seeds, "num": num, "temperature": temperature,
       "baseline_workdir": str(baseline_workdir) if baseline_workdir else None,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       **meta, "results": results,
@@ -491,7 +542,8 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
 
 
 __all__ = [
-    "caption_vectors", "entry", "evaluate_run", "folds", "format_table", "frechet_distance",
+    "caption_vectors", "entry", "evaluate_run", "folds", "format_pivot", "format_table",
+    "frechet_distance",
     "kid", "mmd2_unbiased", "nearest_captions", "r_precision_candidates", "r_precision_hits",
     "shapes_scores",
 ]

@@ -165,6 +165,8 @@ def cvae_loss(
     free_bits: float = 0.0,
     step: ArrayLike | None = None,
     mask: ArrayLike | None = None,
+    recon_prior: ArrayLike | None = None,
+    gsnn_weight: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
   """CVAE objective: MSE + beta * KL(q(z | x, y) || p(z | y)) / (H*W*C), per data dim.
 
@@ -183,6 +185,10 @@ def cvae_loss(
   Free bits (Kingma et al. 2016): the KL of each latent dim, averaged over the batch, is
   replaced by max(KL_d, ``free_bits``): dims under ``free_bits`` nats cost a constant and get
   no gradient toward the prior, so the model keeps that much information per dim.
+  Hybrid (Sohn et al. 2015, eq. 8): ``gsnn_weight`` * MSE(decode(z ~ p(z | y)), x) is added.
+  The CVAE term alone trains the decoder on posterior samples only; generation decodes
+  prior samples, and where the prior misses the posterior's region ("prior holes") the
+  sample ignores the caption. This term trains that very path.
 
   Args:
     recon: Decoder output [B, H, W, C].
@@ -194,11 +200,14 @@ def cvae_loss(
     free_bits: Nats per latent dim below which the KL is not penalised; 0 disables it.
     step: Optimiser step (``state.step``) for the warm-up; None means warm-up finished.
     mask: Optional [B] example weights (padding = 0).
+    recon_prior: Decoded prior samples [B, H, W, C] (``CVAE(gsnn=True)``), for the hybrid.
+    gsnn_weight: Weight of the hybrid term; > 0 needs ``recon_prior``.
 
   Returns:
     (loss, metrics) with scalars 'loss', 'mse', 'kl' (KL(q || p) in nats per image, before
-    free bits), 'kl_free_bits' (the KL term after free bits, nats per image), 'beta', and
-    'active_dims' (latent dims whose batch-mean KL exceeds 0.01 nats).
+    free bits), 'kl_free_bits' (the KL term after free bits, nats per image), 'beta',
+    'active_dims' (latent dims whose batch-mean KL exceeds 0.01 nats), and with
+    ``recon_prior``, 'mse_prior' (the MSE of the prior path).
   """
   recon, target = _f32(recon), _f32(target)
   chex.assert_equal_shape([recon, target])
@@ -216,8 +225,18 @@ def cvae_loss(
   kl_term = jnp.sum(jnp.maximum(kl_per_dim, _f32(free_bits)))
   beta = kl_beta(step, kl_weight, kl_warmup_steps)
   loss = mse + beta * kl_term / num_dims
-  return loss, {"loss": loss, "mse": mse, "kl": kl, "kl_free_bits": kl_term, "beta": beta,
-                "active_dims": jnp.sum(_f32(kl_per_dim > 0.01))}
+  metrics = {"kl": kl, "kl_free_bits": kl_term, "beta": beta,
+             "active_dims": jnp.sum(_f32(kl_per_dim > 0.01))}
+  if gsnn_weight and recon_prior is None:
+    raise ValueError("gsnn_weight > 0 needs the decoded prior sample: build the model with "
+                     "model_kwargs.gsnn=True")
+  if recon_prior is not None:
+    recon_prior = _f32(recon_prior)
+    chex.assert_equal_shape([recon_prior, target])
+    mse_prior = _batch_mean(_per_example_mean(jnp.square(recon_prior - target)), mask)
+    loss = loss + _f32(gsnn_weight) * mse_prior
+    metrics["mse_prior"] = mse_prior
+  return loss, {"loss": loss, "mse": mse, **metrics}
 
 
 def negative_elbo(
@@ -312,7 +331,7 @@ LOSSES = ("paper", "cvae")
 # The config keys ``compute_loss`` may read (plus any key starting with "loss_"); the trainer
 # passes only these, so that runs differing in anything else share compiled steps.
 # kl_warmup_steps and free_bits are read by the 'cvae' loss only.
-LOSS_CONFIG_KEYS = ("loss", "kl_weight", "kl_warmup_steps", "free_bits")
+LOSS_CONFIG_KEYS = ("loss", "kl_weight", "kl_warmup_steps", "free_bits", "gsnn_weight")
 
 
 def loss_config(config) -> dict:
@@ -341,6 +360,8 @@ def compute_loss(
                      outputs.get("prior_mean", 0.0), outputs.get("prior_logvar", 0.0),
                      kl_weight=float(config.get("kl_weight", 0.02)),
                      kl_warmup_steps=int(config.get("kl_warmup_steps", 0)),
-                     free_bits=float(config.get("free_bits", 0.0)), step=step, mask=mask)
+                     free_bits=float(config.get("free_bits", 0.0)), step=step, mask=mask,
+                     recon_prior=outputs.get("recon_prior"),
+                     gsnn_weight=float(config.get("gsnn_weight", 0.0)))
   from t2i_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   raise UserError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.")

@@ -196,15 +196,25 @@ def _batch_size(total: int) -> int:
   return min(MAX_BATCH, max(8, 1 << (total - 1).bit_length()))
 
 
+def default_temperature(gen: Generator) -> float:
+  """The run's ``config.sample_temperature`` (1.0 for runs and models without one)."""
+  return float(gen.config.get("sample_temperature", 1.0)) if gen.accepts_temperature else 1.0
+
+
 def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 0, *,
-                          sample_latent: bool = True, temperature: float = 1.0) -> np.ndarray:
+                          sample_latent: bool = True,
+                          temperature: float | None = None) -> np.ndarray:
   """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3]; see the module docstring.
 
-  Requests are padded to a power-of-two batch, so that grids of other sizes do not compile
-  again.
+  ``temperature`` None means the run's own (``default_temperature``). Requests are padded
+  to a power-of-two batch, so that grids of other sizes do not compile again.
   """
   if n < 1:
     raise UserError(f"the number of samples must be at least 1, got {n}.")
+  if temperature is None:
+    temperature = default_temperature(gen)
+  if not np.isfinite(temperature) or temperature < 0:
+    raise UserError(f"the sampling temperature must be a number >= 0, got {temperature}.")
   temp = None
   if temperature != 1.0:
     if not gen.accepts_temperature:
@@ -228,12 +238,13 @@ def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 
 
 
 def generate(gen: Generator, captions: Sequence[str], n: int, seed: int = 0, *,
-             sample_latent: bool = True, temperature: float = 1.0) -> np.ndarray:
+             sample_latent: bool = True, temperature: float | None = None) -> np.ndarray:
   """Captions -> uint8 images [C, n, 64, 64, 3].
 
   ``sample_latent`` decodes a sample of q(z | caption) (the paper) or, when False, its mean
   (then all ``n`` columns are the same image). ``temperature`` reaches models whose
-  ``generate`` accepts it; other models refuse any value but 1.
+  ``generate`` accepts it (None: the run's ``sample_temperature``); other models refuse any
+  value but 1.
   """
   text = encode_captions(gen, captions)
   return generate_from_tensors(gen, text, n, seed, sample_latent=sample_latent,
@@ -358,10 +369,12 @@ def default_sample_path(gen: Generator) -> Path:
 
 
 def sample_grid(workdir: str | Path, captions: Sequence[str], *, n: int = 8, seed: int = 0,
-                out: str | Path | None = None, sample_latent: bool = True) -> Path:
+                out: str | Path | None = None, sample_latent: bool = True,
+                temperature: float | None = None) -> Path:
   """``t2i sample``: one row per caption, ``n`` generated images each."""
   gen = load_generator(workdir)
-  images = generate(gen, captions, n, seed, sample_latent=sample_latent)
+  images = generate(gen, captions, n, seed, sample_latent=sample_latent,
+                    temperature=temperature)
   cols = [f"sample {j + 1}" if sample_latent else "posterior mean" for j in range(n)]
   return save_grid(images, list(captions), out or default_sample_path(gen), col_labels=cols)
 

@@ -140,6 +140,21 @@ def test_generate_uses_the_prior_and_temperature(model_and_params):
     gen(None, True)
 
 
+def test_gsnn_decodes_the_prior_path_that_generate_takes(model_and_params):
+  model, params = model_and_params
+  text, mask, image = _inputs()
+  assert "recon_prior" not in _apply(model, params, text, image, mask)
+  hybrid = model.clone(gsnn=True)  # same parameters: the prior path reuses the decoder
+  out = _apply(hybrid, params, text, image, mask, sample_latent=False)
+  mean_img = model.apply({"params": params}, text, None, False, mask=mask, method="generate")
+  np.testing.assert_allclose(out["recon_prior"], mean_img, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["recon"], _apply(model, params, text, image, mask,
+                                                  sample_latent=False)["recon"], rtol=1e-6)
+  sampled = _apply(hybrid, params, text, image, mask)
+  assert not np.allclose(sampled["recon_prior"], mean_img)  # z ~ p(z | text), not its mean
+  assert "recon_prior" not in _apply(hybrid, params, text, None, mask)  # nothing to match
+
+
 def test_posterior_kl_uses_the_learned_prior(model_and_params):
   model, params = model_and_params
   text, mask, image = _inputs()
@@ -220,6 +235,19 @@ class CvaeLossTest(chex.TestCase):
     assert np.all(np.abs(np.asarray(grad)[:, ~under]).sum(0) > 0)
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_gsnn_term_adds_the_weighted_prior_path_mse(self):
+    x = _loss_inputs()
+    prior = np.random.default_rng(5).uniform(size=x["recon"].shape).astype(np.float32)
+    base, _ = losses.cvae_loss(**x, kl_weight=0.5)
+    loss, m = self.variant(lambda r: losses.cvae_loss(**x, kl_weight=0.5, recon_prior=r,
+                                                      gsnn_weight=0.3))(prior)
+    mse_prior = np.mean((prior.astype(np.float64) - x["target"]) ** 2)
+    np.testing.assert_allclose(m["mse_prior"], mse_prior, rtol=1e-5)
+    np.testing.assert_allclose(loss, base + 0.3 * mse_prior, rtol=1e-5)
+    with pytest.raises(ValueError, match="gsnn=True"):
+      losses.cvae_loss(**x, gsnn_weight=0.3)
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_mask_ignores_padding(self):
     x = _loss_inputs(batch=4)
     w = np.array([1, 0, 1, 1], np.float32)
@@ -248,8 +276,9 @@ def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   c.max_caption_len = 8
   c.remove_stopwords = False
   c.model = "cvae"
-  c.model_kwargs = TINY
+  c.model_kwargs = dict(TINY, gsnn=True)
   c.loss = "cvae"
+  c.gsnn_weight = 0.5
   c.kl_weight = 0.1
   c.kl_warmup_steps = 4
   c.free_bits = 0.1
@@ -265,7 +294,8 @@ def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   assert int(state.step) == 2
   recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   test = [r for r in recs if r["split"] == "test"][-1]
-  for k in ("loss", "mse", "kl", "kl_free_bits", "beta", "nelbo_nats", "bits_per_dim"):
+  for k in ("loss", "mse", "mse_prior", "kl", "kl_free_bits", "beta", "nelbo_nats",
+            "bits_per_dim"):
     assert np.isfinite(test[k]), k
   assert test["beta"] == pytest.approx(0.1)  # evaluation uses the full weight
   assert test["kl_nats"] == pytest.approx(test["kl"], rel=1e-4)  # ELBO with the learned prior

@@ -173,6 +173,22 @@ def test_entries_and_table():
   assert "all_stated_correct" in table and "0.6000" in table
 
 
+def test_pivot_puts_models_side_by_side():
+  rs = [evaluate.entry("all_stated_correct", "test", "cvae", 100, [0.5, 0.7]),
+        evaluate.entry("all_stated_correct", "test", "real", 100, [1.0]),
+        evaluate.entry("r_precision", "test", "real", 100, [0.2], std_over="folds", std=0.05),
+        evaluate.entry("reader_accuracy/shape", "test", "real", 100, [1.0])]
+  lines = evaluate.format_pivot(rs).splitlines()
+  assert lines[0].split() == ["split", "metric", "n", "cvae", "real"]
+  assert lines[1].split() == ["test", "all_stated_correct", "100", "0.600", "±", "0.141",
+                              "1.000"]  # one seed: no spread; a model without a row: "-"
+  assert lines[2].split() == ["test", "r_precision", "100", "-", "0.200", "±", "0.050"]
+  assert len(lines) == 3  # the reader's self-check is not a model's score
+  md = evaluate.format_pivot(rs, markdown=True, names=["r_precision"]).splitlines()
+  assert md[0] == "| split | metric | n | real |" and md[1] == "|---|---|---:|---:|"
+  assert md[2] == "| test | r_precision | 100 | 0.200 ± 0.050 |"
+
+
 # ---------------------------------------------------------------------------- the reader
 
 
@@ -376,9 +392,13 @@ def test_evaluate_command(shapes_run, tiny_reader, monkeypatch, capsys):
   out = capsys.readouterr().out.strip().splitlines()
   path = shapes_run["workdir"] / "eval" / "results.json"
   assert out[-1] == str(path)
-  assert out[0].split()[:3] == ["split", "model", "name"]
-  results = json.loads(path.read_text())["results"]
-  assert {r["n"] for r in results if r["name"] == "all_stated_correct"} == {4}
+  assert out[0].split() == ["split", "metric", "n", "model1", "mean_image", "retrieval", "real"]
+  report = json.loads(path.read_text())
+  assert report["temperature"] == 1.0  # the run's model has none: the only value it takes
+  assert {r["n"] for r in report["results"] if r["name"] == "all_stated_correct"} == {4}
+  assert cli.main(["evaluate", "--workdir", str(shapes_run["workdir"]), "--num", "4",
+                   "--seeds", "1", "--long"]) == 0
+  assert capsys.readouterr().out.split()[:3] == ["split", "model", "name"]
   assert cli.main(["evaluate", "--workdir", str(shapes_run["workdir"]), "--seeds", "0"]) == 2
   assert "--seeds must be at least 1" in capsys.readouterr().err
 

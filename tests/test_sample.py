@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -165,6 +166,13 @@ def test_temperature_reaches_models_that_accept_it(gen):
   kwargs = {k: getattr(gen.model, k) for k in ("hidden_dim", "latent_dim", "decoder_dims")}
   warm = dataclasses.replace(gen, model=_TemperatureVAE(**kwargs))
   assert np.all(sample.generate(warm, CAPTIONS, 2, temperature=0.5) == 128)
+  # No temperature given: the run's config.sample_temperature (1 when a run has none).
+  assert np.all(sample.generate(warm, CAPTIONS, 1) == 255)
+  cold = dataclasses.replace(warm, config=ml_collections.ConfigDict(
+      dict(warm.config.to_dict(), sample_temperature=0.0)))
+  assert np.all(sample.generate(cold, CAPTIONS, 1) == 0)
+  with pytest.raises(UserError, match="temperature must be a number >= 0"):
+    sample.generate(warm, CAPTIONS, 1, temperature=-1.0)
 
 
 def test_out_of_vocabulary_words_are_named_once_per_caption(run, tmp_path, capsys):

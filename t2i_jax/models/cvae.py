@@ -218,6 +218,9 @@ class CVAE(nn.Module):
     decoder_base: Channels of the decoder's 4x4 start.
     head_hidden: Hidden widths of the posterior and prior MLPs.
     groups: GroupNorm groups in the convs; 0 disables normalisation.
+    gsnn: With an image, also decode a sample of the *prior* ('recon_prior'), for the
+      hybrid objective of Sohn et al. 2015 (``losses.cvae_loss``'s ``gsnn_weight``):
+      it trains the path that generation takes, so prior samples follow the caption.
   """
 
   latent_dim: int = 32
@@ -230,6 +233,7 @@ class CVAE(nn.Module):
   decoder_base: int = 256
   head_hidden: Sequence[int] = (256,)
   groups: int = 0
+  gsnn: bool = False
   image_shape: tuple[int, int, int] = IMAGE_SHAPE
   dtype: Any = jnp.float32
 
@@ -268,7 +272,8 @@ class CVAE(nn.Module):
       sample_latent: Decode a sample of q (needs rng 'sample'), or its mean.
 
     Returns:
-      Dict with 'recon', 'mean', 'logvar', 'z', 'prior_mean', 'prior_logvar'.
+      Dict with 'recon', 'mean', 'logvar', 'z', 'prior_mean', 'prior_logvar', and with
+      ``gsnn`` and an image, 'recon_prior' (the decoded prior sample).
     """
     del train
     emb = self.encode_text(text, mask)
@@ -281,8 +286,13 @@ class CVAE(nn.Module):
       mean, logvar = self.posterior(jnp.concatenate([feats, emb.astype(feats.dtype)], -1))
     z = reparameterize(mean, logvar, self.make_rng("sample")) if sample_latent else mean
     recon = self.decoder(z, emb)
-    return {"recon": recon, "mean": mean, "logvar": logvar, "z": z,
-            "prior_mean": prior_mean, "prior_logvar": prior_logvar}
+    out = {"recon": recon, "mean": mean, "logvar": logvar, "z": z,
+           "prior_mean": prior_mean, "prior_logvar": prior_logvar}
+    if self.gsnn and image is not None:
+      z_p = (reparameterize(prior_mean, prior_logvar, self.make_rng("sample"))
+             if sample_latent else prior_mean)
+      out["recon_prior"] = self.decoder(z_p, emb)
+    return out
 
   def generate(
       self,
