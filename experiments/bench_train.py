@@ -33,9 +33,12 @@ _ROWS_ENV = "T2I_BENCH_TRAIN_ROWS"  # the parent's rows, for the forced-device s
 
 def get_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      # (model, batch size, steps per jitted scan); 'cvae' rows run only if it is registered.
+      # (model, batch size, steps per jitted scan). 'cvae' is the model and loss of
+      # experiments.cvae_shapes; one step per call, since XLA:CPU runs its conv gradients
+      # ~10x slower inside a scan (on a GPU, try --config.rows with 8).
       "rows": (("model1", 1, 256), ("model1", 64, 16), ("model1", 1024, 4),
-               ("cvae", 64, 8), ("cvae", 256, 4)),
+               ("cvae", 64, 1), ("cvae", 256, 1)),
+      "min_steps_timed": 8,  # rows with short chunks get more timed calls
       "repeats": 3,  # timed calls per row, after one warm-up (compilation) call
       "precision": "float32",
       "model_kwargs": "",  # a dict literal applied to every row's model ('' = defaults)
@@ -48,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def _quick(config) -> None:
   config.rows = (("model1", 2, 2),)
+  config.min_steps_timed = 1
   config.model_kwargs = str({"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)})
   config.repeats = 1
 
@@ -55,7 +59,11 @@ def _quick(config) -> None:
 def _model_config(model: str, batch: int, chunk: int, precision: str, model_kwargs: str = ""):
   import ast  # pylint: disable=import-outside-toplevel
   from t2i_jax import configs  # pylint: disable=import-outside-toplevel
-  c = configs.cvae_config() if model == "cvae" else configs.base_config()
+  if model == "cvae":
+    from experiments import cvae_shapes  # pylint: disable=import-outside-toplevel
+    c = cvae_shapes.get_config()
+  else:
+    c = configs.base_config()
   if model_kwargs:
     c.model_kwargs = ml_collections.ConfigDict({**c.model_kwargs.to_dict(),
                                                 **ast.literal_eval(model_kwargs)})
@@ -121,12 +129,13 @@ def run_rows(config) -> list[dict]:
     state, metrics = train.train_chunk(state, batches, train_rng)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
+    repeats = max(config.repeats, -(-config.min_steps_timed // chunk))
     t0 = time.perf_counter()
-    for _ in range(config.repeats):
+    for _ in range(repeats):
       state, metrics = train.train_chunk(state, batches, train_rng)
     jax.block_until_ready(metrics)
     dt = time.perf_counter() - t0
-    steps = chunk * config.repeats
+    steps = chunk * repeats
     ms = 1000 * dt / steps
     row.update({
         "param_count": int(sum(x.size for x in jax.tree.leaves(state.params))),
@@ -152,6 +161,7 @@ def _forced_rows(config) -> list[dict]:
   env[_ROWS_ENV] = json.dumps(config.rows)
   args = [sys.executable, "-m", "experiments.bench_train", "--config.child=True",
           f"--config.repeats={config.repeats}", f"--config.precision={config.precision}",
+          f"--config.min_steps_timed={config.min_steps_timed}",
           f"--config.seed={config.seed}", f"--config.model_kwargs={config.model_kwargs}"]
   proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
   if proc.returncode != 0:

@@ -6,6 +6,7 @@ Run: python -m experiments.cvae_flickr8k --workdir runs/cvae_flickr8k \
 
 import sys
 
+from experiments import cvae_shapes
 from t2i_jax import configs, train
 
 
@@ -35,8 +36,14 @@ def get_config():
   c.split_scheme = "official"
   c.image_mode = "center_crop"
   c.max_caption_len = 32
-  c.model_kwargs = {"max_len": 32}
+  # The same small CVAE and hybrid term as experiments.cvae_shapes, reading 32 words.
+  shapes_config = cvae_shapes.get_config()
+  c.model_kwargs = dict(shapes_config.model_kwargs.to_dict(), max_len=32)
+  c.gsnn_weight = shapes_config.gsnn_weight
+  c.batch_size = 32
   c.num_epochs = 30
+  c.log_every_steps = 500
+  c.checkpoint_every_steps = 1000
   return c
 
 

@@ -29,7 +29,6 @@ import numpy as np
 
 from t2i_jax import checkpoint as checkpoint_lib
 from t2i_jax import models
-from t2i_jax.data import common
 from t2i_jax.data import common, pipeline
 from t2i_jax.errors import UserError
 

@@ -450,7 +450,7 @@ def evaluate(eval_step: Callable[..., Metrics], params: Any, table, *, batch_siz
   is split over them like the training batches (every process reads the whole batch and
   contributes its slice). Adds 'num_examples'.
   """
-  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(table)
   size = max(1, min(batch_size, n))
@@ -734,7 +734,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer, tra
            test_table, spe: int, total: int) -> TrainState:
   """The body of ``train_and_evaluate`` once the data is loaded: init or resume, then loop."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
   chunk_len = int(config.steps_per_scan)
   latest = checkpointer.latest_step()

@@ -27,34 +27,15 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from t2i_jax import checkpoint, cli, sample
-from t2i_jax.data import pipeline, prepare, shapes
+from t2i_jax import cli
+from t2i_jax.data import pipeline, shapes
 
-CONFIG_FILE = textwrap.dedent("""\
-    from t2i_jax import configs
+import tiny_runs
 
-    def get_config():
-      c = configs.base_config()
-      c.dataset = "shapes"
-      c.data_dir = {data_dir!r}
-      c.num_images = 40
-      c.model_kwargs = {{"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}}
-      c.batch_size = 8
-      c.num_epochs = 1
-      c.max_steps = 8
-      c.steps_per_scan = 8
-      c.checkpoint_every_steps = 0
-      c.log_every_steps = 0
-      c.eval_batch_size = 4
-      return c
-    """)
 
 
 def _error_line(capsys) -> str:
@@ -74,7 +55,7 @@ def tiny(tmp_path_factory):
     mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     mp.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
     config_path = base / "tiny.py"
-    config_path.write_text(CONFIG_FILE.format(data_dir=str(base / "tfds")))
+    config_path.write_text(tiny_runs.tiny_config_file(base / "tfds", max_steps=8))
     workdir = base / "run"
     assert cli.main(["train", str(config_path), "--workdir", str(workdir)]) == 0
     yield {"config_path": config_path, "workdir": workdir, "base": base}

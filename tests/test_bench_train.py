@@ -18,3 +18,12 @@ def test_quick_bench_reports_rows_here_and_on_forced_devices(capsys):
   for r in rows:
     assert r["samples_per_s"] > 0 and r["ms_per_step"] > 0 and r["epoch_s"] > 0
     assert r["peak_rss_mb"] > 0
+
+
+def test_cvae_rows_time_the_cvae_shapes_experiment():
+  from experiments import cvae_shapes  # pylint: disable=import-outside-toplevel
+  c = bench_train._model_config("cvae", 64, 1, "float32")  # pylint: disable=protected-access
+  want = cvae_shapes.get_config()
+  assert c.model_kwargs.to_dict() == want.model_kwargs.to_dict()
+  assert (c.loss, c.gsnn_weight, c.batch_size, c.steps_per_scan) == ("cvae", want.gsnn_weight,
+                                                                     64, 1)

@@ -18,28 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_jax import cli, configs, dual_encoder, evaluate, sample, scene_reader, train
+from t2i_jax import cli, dual_encoder, evaluate, sample, scene_reader, train
 from t2i_jax.data import pipeline, shapes
 from t2i_jax.errors import UserError
 
 import flickr8k_fixtures as fx
+import tiny_runs
 
 def tiny_train_config(data_dir, **changes):
   """test_train.py's tiny shapes run (40 images, tiny VAE, batch 8), one epoch."""
-  c = configs.base_config()
-  c.dataset = "shapes"
-  c.data_dir = str(data_dir)
-  c.num_images = 40
-  c.model_kwargs = {"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}
-  c.batch_size = 8
-  c.num_epochs = 1
-  c.steps_per_scan = 8
-  c.checkpoint_every_steps = 0
-  c.log_every_steps = 0
-  c.eval_batch_size = 4
-  for k, v in changes.items():
-    c[k] = v
-  return c
+  return tiny_runs.tiny_config(data_dir, **changes)
 
 
 # 64 steps of a tiny reader: enough to learn backgrounds and presence, not shapes.

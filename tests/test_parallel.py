@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from t2i_jax import configs, parallel
+from t2i_jax import configs
 from t2i_jax.errors import UserError
 
 _SCRIPT = textwrap.dedent("""

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,28 +24,12 @@ import pytest
 from t2i_jax import checkpoint, cli, configs, train
 from t2i_jax.errors import UserError
 
+import tiny_runs
+
 STEPS = 88  # 4 epochs of 22 steps: long enough to be killed after its first checkpoint
 FIRST_CHECKPOINT = 8
 TIME_KEYS = {"time", "steps_per_s", "epoch_time_s", "eval_time_s"}
 
-CONFIG_FILE = textwrap.dedent("""\
-    from t2i_jax import configs
-
-    def get_config():
-      c = configs.base_config()
-      c.dataset = "shapes"
-      c.data_dir = {data_dir!r}
-      c.num_images = 40
-      c.model_kwargs = {{"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}}
-      c.batch_size = 8
-      c.num_epochs = 4
-      c.steps_per_scan = 4
-      c.checkpoint_every_steps = {every}
-      c.log_every_steps = 4
-      c.eval_batch_size = 4
-      c.keep_checkpoints = 2
-      return c
-    """)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +40,9 @@ def ref(tmp_path_factory):
     mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     mp.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
     config_path = base / "tiny.py"
-    config_path.write_text(CONFIG_FILE.format(data_dir=str(base / "tfds"),
-                                              every=FIRST_CHECKPOINT))
+    config_path.write_text(tiny_runs.tiny_config_file(
+        base / "tfds", num_epochs=4, steps_per_scan=4, checkpoint_every_steps=FIRST_CHECKPOINT,
+        log_every_steps=4, keep_checkpoints=2))
     workdir = base / "ref"
     assert cli.main(["train", str(config_path), "--workdir", str(workdir)]) == 0
     yield {"config_path": config_path, "workdir": workdir, "base": base}

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import textwrap
 
 import ml_collections
 import numpy as np
@@ -23,26 +22,11 @@ from t2i_jax.data import pipeline
 from t2i_jax.errors import UserError
 from t2i_jax.models import paper
 
+import tiny_runs
+
 CAPTIONS = ["a red circle on a gray background", "a big blue square at the top left"]
 STEPS = 44  # 2 epochs of 22 steps (180 train pairs, batch 8)
 
-CONFIG_FILE = textwrap.dedent("""\
-    from t2i_jax import configs
-
-    def get_config():
-      c = configs.base_config()
-      c.dataset = "shapes"
-      c.data_dir = {data_dir!r}
-      c.num_images = 40
-      c.model_kwargs = {{"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}}
-      c.batch_size = 8
-      c.num_epochs = 15
-      c.steps_per_scan = 8
-      c.checkpoint_every_steps = 0
-      c.log_every_steps = 0
-      c.eval_batch_size = 4
-      return c
-    """)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +37,7 @@ def run(tmp_path_factory):
     mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     mp.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
     config_path = base / "tiny_shapes.py"
-    config_path.write_text(CONFIG_FILE.format(data_dir=str(base / "tfds")))
+    config_path.write_text(tiny_runs.tiny_config_file(base / "tfds", num_epochs=15))
     workdir = base / "run"
     rc = cli.main(["train", str(config_path), "--workdir", str(workdir),
                    "--config.num_epochs=2", "--config.learning_rate", "0.003"])

@@ -20,28 +20,17 @@ from t2i_jax import checkpoint, configs, train
 from t2i_jax.data import pipeline
 from t2i_jax.errors import UserError
 
-TINY = {"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}
+import tiny_runs
+
+TINY = tiny_runs.TINY_VAE
 TOTAL = 30  # optimiser steps of the reference run: 22 steps per epoch, so 1.4 epochs
 STOP = 15  # where the interrupted run stops: mid-chunk, mid-epoch, off the log grid
 
 
 def _config(data_dir, **changes) -> ml_collections.ConfigDict:
-  c = configs.base_config()
-  c.dataset = "shapes"
-  c.data_dir = str(data_dir)
-  c.num_images = 40
-  c.model_kwargs = TINY
-  c.batch_size = 8
-  c.num_epochs = 2
-  c.max_steps = TOTAL
-  c.steps_per_scan = 8
-  c.checkpoint_every_steps = 10
-  c.log_every_steps = 5
-  c.eval_batch_size = 4
-  c.keep_checkpoints = 3
-  for k, v in changes.items():
-    c[k] = v
-  return c
+  return tiny_runs.tiny_config(data_dir, **{
+      "model_kwargs": TINY, "num_epochs": 2, "max_steps": TOTAL, "checkpoint_every_steps": 10,
+      "log_every_steps": 5, "keep_checkpoints": 3, **changes})
 
 
 def _equal_trees(a, b) -> bool:
