@@ -86,11 +86,11 @@ def format_pivot(results: Sequence[Mapping[str, Any]], *, markdown: bool = False
   models = list(dict.fromkeys(r["model"] for r in rows))
   keys = list(dict.fromkeys((r["split"], r["name"]) for r in rows))
   cell = {(r["split"], r["name"], r["model"]): r for r in rows}
-  num = lambda v: f"{v:.3g}" if 0 < abs(v) < 1e-2 else f"{v:.3f}"
-
   def fmt(r):
     if r is None:
       return "-"
+    small = 0 < abs(r["mean"]) < 1e-2  # KID and the like: significant digits
+    num = (lambda v: f"{v:.3g}") if small else (lambda v: f"{v:.3f}")
     many = r["seeds"] > 1 or r.get("std_over") == "folds"
     return num(r["mean"]) + (f" ± {num(r['std'])}" if many else "")
 
@@ -275,23 +275,18 @@ def _fixed_source(name: str, images: np.ndarray) -> Source:
   return Source(name, lambda seed: images, random=False)
 
 
-def _pair_keys(table) -> np.ndarray:
-  ids = table.image_ids[table.image_index]
-  return np.array([f"{i}#{c}" for i, c in zip(ids, table.caption_index)])
+def _baseline_text(gen, captions: Sequence[str]) -> np.ndarray:
+  """``captions`` encoded as the baseline run's training encoded its captions.
+
+  Its own caption spec and GloVe (a paper model sums stopword-free vectors where the CVAE
+  reads sequences), from the raw strings, so the baseline may use another split scheme or
+  image mode: only the captions have to be the same.
+  """
+  return np.stack([np.asarray(gen.spec.encode(gen.glove, str(c))[0]["caption_tensor"],
+                              np.float32) for c in captions])
 
 
-def _aligned_text(table, base_table, idx: np.ndarray) -> np.ndarray:
-  """The caption tensors of ``base_table`` for pairs ``idx`` of ``table`` (same captions)."""
-  lookup = {k: j for j, k in enumerate(_pair_keys(base_table))}
-  keys = _pair_keys(table)[idx]
-  missing = [k for k in keys if k not in lookup]
-  if missing:
-    raise UserError(f"the baseline run's dataset lacks {len(missing)} of the evaluated pairs "
-                    f"(e.g. {missing[0]}); evaluate runs of the same dataset.")
-  return base_table.text[np.array([lookup[k] for k in keys])]
-
-
-def _baseline_sources(split_table_fn, train, baseline, idx_table, idx) -> list[Source]:
+def _baseline_sources(train, baseline, idx_table, idx) -> list[Source]:
   """mean_image and retrieval (deterministic) and the baseline run (random), if any."""
   mean_image = np.round(train.images.reshape(len(train.images), -1).mean(0)).astype(
       np.uint8).reshape(train.images.shape[1:])
@@ -303,9 +298,8 @@ def _baseline_sources(split_table_fn, train, baseline, idx_table, idx) -> list[S
   nearest = nearest_captions(query, pool)
   sources.append(_fixed_source("retrieval", train.images[train.image_index[nearest]]))
   if baseline is not None:
-    base_table = split_table_fn(baseline.config)
     sources.append(_model_source(baseline.name, baseline.gen,
-                                 _aligned_text(idx_table, base_table, idx)))
+                                 _baseline_text(baseline.gen, idx_table.captions[idx])))
   return sources
 
 
@@ -376,9 +370,8 @@ def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, 
     stated = table.extras["stated"][idx]
     real = table.images[table.image_index[idx]]
     truth = {k: table.extras[f"attr_{k}"][idx] for k in scene_reader.ATTRIBUTES}
-    split_table = lambda cfg, split=split: pipeline.load_table(cfg, split)
     sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
-    sources += _baseline_sources(split_table, train, baseline, table, idx)
+    sources += _baseline_sources(train, baseline, table, idx)
     sources.append(_fixed_source("real", real))
     pred_real = reader.predict(real)
     acc = scene_reader.pooled_accuracy(pred_real, truth)
@@ -432,9 +425,8 @@ def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None
   candidates = r_precision_candidates(groups)
   real_feats, _ = dual.embed_images(real)
   train = pipeline.load_table(config, "train")
-  split_table = lambda cfg: pipeline.load_table(cfg, "test")
   sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
-  sources += _baseline_sources(split_table, train, baseline, table, idx)
+  sources += _baseline_sources(train, baseline, table, idx)
   sources.append(_fixed_source("real", real))
   # The "real" floor of FD/KID: as many dev-split images (never trained on by the dual
   # encoder, never scored) against the same test images.

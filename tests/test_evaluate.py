@@ -444,3 +444,14 @@ def test_flickr8k_evaluation_end_to_end(tmp_path, monkeypatch):
     assert np.isfinite(by[("FD_dual", model)]["mean"]) and ("KID_dual", model) in by
   assert "FID" not in json.dumps(report["results"])
   assert (workdir / "eval" / "flickr8k_test.png").is_file()
+
+  # A baseline of another split scheme (the paper's, as for model 1): its test table holds
+  # only caption #4, so its inputs come from the captions themselves, in its own encoding.
+  official = tmp_path / "official"
+  train.train_and_evaluate(tiny_train_config(tmp_path / "tfds", dataset="flickr8k",
+                                             manual_dir=str(root), split_scheme="official"),
+                           official)
+  report = evaluate.evaluate_run(official, num=None, seeds=1, dual=dual, progress=False,
+                                 baseline_workdir=workdir)
+  by = {(r["name"], r["model"]): r for r in report["results"]}
+  assert by[("r_precision", "baseline_model1")]["n"] == by[("r_precision", "model1")]["n"] > 2
