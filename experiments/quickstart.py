@@ -51,7 +51,7 @@ def get_config():
   Run time (measured on the otherwise idle 2-core CPU): 6.1 min in all: preparing 38 s,
   training 4.3 min (about 5 steps/s, a test pass after each epoch), start-up, samples and
   the evaluation 72 s; peak RSS 2.3 GB. The first evaluation on a machine also trains the
-  scene reader (about 5 min, then cached).
+  scene reader (133 s on the idle 2-core CPU, then cached).
   """
   c = cvae_shapes.get_config()  # the same model and loss, on a quarter of the data
   c.num_images = 5000
