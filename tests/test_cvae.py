@@ -114,6 +114,29 @@ def test_padding_content_does_not_change_the_output(model_and_params):
   chex.assert_tree_all_finite(empty)
 
 
+def test_cross_attention_reads_words_and_starts_as_film_only(model_and_params):
+  model, params = model_and_params
+  text, mask, image = _inputs()
+  attend = model.clone(attend_blocks=2)
+  p = _random_params(attend, text, image, mask=mask)
+  assert {"cross_attn0", "cross_attn1"} <= set(p["decoder"]) and "cross_attn2" not in p["decoder"]
+  # Padding words never reach a position, and a fully masked caption stays finite.
+  noisy = jnp.where(mask[..., None], text, 7.0 * jnp.ones_like(text))
+  np.testing.assert_allclose(_apply(attend, p, text, image, mask)["recon"],
+                             _apply(attend, p, noisy, image, mask)["recon"], rtol=1e-5, atol=1e-6)
+  chex.assert_tree_all_finite(_apply(attend, p, text, image, jnp.zeros_like(mask)))
+  # The attention's output projection is zero-initialised: with it at zero, the decoder is
+  # the FiLM-only one on the shared parameters.
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if "cross_attn" in jax.tree_util.keystr(path)
+      and "'out'" in jax.tree_util.keystr(path) else x, p)
+  shared = {k: v for k, v in zeroed.items()}
+  shared["decoder"] = {k: v for k, v in zeroed["decoder"].items() if "attn" not in k}
+  gen = lambda m, q: m.apply({"params": q}, text, None, False, mask=mask, method="generate")
+  np.testing.assert_allclose(gen(attend, zeroed), gen(model, shared), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(gen(attend, p), gen(model, shared))
+
+
 def test_word_order_changes_the_text_embedding(model_and_params):
   model, params = model_and_params
   text, mask, _ = _inputs()

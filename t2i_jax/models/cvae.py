@@ -90,7 +90,8 @@ class TextEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, text: Array, mask: Array | None = None) -> Array:
+  def __call__(self, text: Array, mask: Array | None = None, *, return_words: bool = False):
+    """-> embedding [B, width], or with ``return_words`` (embedding, words [B, T, width], mask)."""
     text, mask = as_sequence(text, mask)
     b, t, _ = text.shape
     if t > self.max_len:
@@ -118,7 +119,8 @@ class TextEncoder(nn.Module):
     weights = jax.nn.softmax(scores, axis=1) * mask[..., None]  # all-padding rows -> 0
     heads = x.reshape(b, t, self.num_heads, self.width // self.num_heads)
     pooled = jnp.einsum("bth,bthd->bhd", weights.astype(x.dtype), heads).reshape(b, self.width)
-    return dense(self.width, name="pool_out")(pooled)
+    emb = dense(self.width, name="pool_out")(pooled)
+    return (emb, x, mask) if return_words else emb
 
 
 class GaussianHead(nn.Module):
@@ -180,11 +182,13 @@ class Decoder(nn.Module):
   base_size: int = 4
   channels: Sequence[int] = (128, 64, 32)  # one block per 2x; the output conv does the last
   groups: int = 0
+  attend_blocks: int = 0  # the first blocks that also cross-attend to the words
   image_shape: tuple[int, int, int] = IMAGE_SHAPE
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, z: Array, text_emb: Array) -> Array:
+  def __call__(self, z: Array, text_emb: Array, words: Array | None = None,
+               word_mask: Array | None = None) -> Array:
     s = self.base_size
     if s * 2 ** (len(self.channels) + 1) != self.image_shape[0]:
       raise ValueError(f"base_size {s} with {len(self.channels) + 1} upsamplings does not "
@@ -202,6 +206,18 @@ class Decoder(nn.Module):
                       name=f"film{i}")(text_emb.astype(self.dtype))
       gamma, beta = jnp.split(film[:, None, None, :], 2, axis=-1)
       h = nn.silu(h * (1.0 + gamma) + beta)
+      if i < self.attend_blocks and words is not None:
+        # Every position reads the words it needs ("red" for the circle's cell, "blue" for
+        # the square's), which one pooled vector cannot say per position. Zero-initialised
+        # output: the block starts as the FiLM-only decoder.
+        b, hh, ww, _ = h.shape
+        q = nn.LayerNorm(dtype=self.dtype, name=f"attn_norm{i}")(h).reshape(b, hh * ww, c)
+        att = nn.MultiHeadDotProductAttention(
+            num_heads=max(1, c // 16), qkv_features=c, out_features=c, dtype=self.dtype,
+            out_kernel_init=nn.initializers.zeros, name=f"cross_attn{i}")(
+                q, words.astype(self.dtype), mask=nn.make_attention_mask(
+                    jnp.ones((b, hh * ww), bool), word_mask))
+        h = h + att.reshape(b, hh, ww, c)
     x = nn.Conv(4 * self.image_shape[-1], (3, 3), padding="SAME", dtype=self.dtype,
                 name="out")(h)
     return nn.sigmoid(depth_to_space(x).astype(jnp.float32))
@@ -218,6 +234,8 @@ class CVAE(nn.Module):
     decoder_base: Channels of the decoder's 4x4 start.
     head_hidden: Hidden widths of the posterior and prior MLPs.
     groups: GroupNorm groups in the convs; 0 disables normalisation.
+    attend_blocks: The first this-many decoder blocks also cross-attend from every position
+      to the caption's words (0: FiLM only).
     gsnn: With an image, also decode a sample of the *prior* ('recon_prior'), for the
       hybrid objective of Sohn et al. 2015 (``losses.cvae_loss``'s ``gsnn_weight``):
       it trains the path that generation takes, so prior samples follow the caption.
@@ -234,6 +252,7 @@ class CVAE(nn.Module):
   head_hidden: Sequence[int] = (256,)
   groups: int = 0
   gsnn: bool = False
+  attend_blocks: int = 0
   image_shape: tuple[int, int, int] = IMAGE_SHAPE
   dtype: Any = jnp.float32
 
@@ -247,11 +266,19 @@ class CVAE(nn.Module):
     self.prior = GaussianHead(self.latent_dim, tuple(self.head_hidden), self.dtype)
     self.decoder = Decoder(base_channels=self.decoder_base,
                            channels=tuple(self.decoder_channels), groups=self.groups,
+                           attend_blocks=self.attend_blocks,
                            image_shape=tuple(self.image_shape), dtype=self.dtype)
 
   def encode_text(self, text: Array, mask: Array | None = None) -> Array:
     """Caption [B, T, D] (+ mask) or [B, D] -> embedding [B, text_width]."""
     return self.text_encoder(text, mask)
+
+  def _text(self, text: Array, mask: Array | None):
+    """(embedding, decoder keyword arguments): the words too when the decoder attends."""
+    if not self.attend_blocks:
+      return self.text_encoder(text, mask), {}
+    emb, words, word_mask = self.text_encoder(text, mask, return_words=True)
+    return emb, {"words": words, "word_mask": word_mask}
 
   def __call__(
       self,
@@ -276,7 +303,7 @@ class CVAE(nn.Module):
       ``gsnn`` and an image, 'recon_prior' (the decoded prior sample).
     """
     del train
-    emb = self.encode_text(text, mask)
+    emb, dec_kw = self._text(text, mask)
     prior_mean, prior_logvar = self.prior(emb)
     if image is None:
       mean, logvar = prior_mean, prior_logvar
@@ -285,13 +312,13 @@ class CVAE(nn.Module):
       feats = self.image_encoder(image)
       mean, logvar = self.posterior(jnp.concatenate([feats, emb.astype(feats.dtype)], -1))
     z = reparameterize(mean, logvar, self.make_rng("sample")) if sample_latent else mean
-    recon = self.decoder(z, emb)
+    recon = self.decoder(z, emb, **dec_kw)
     out = {"recon": recon, "mean": mean, "logvar": logvar, "z": z,
            "prior_mean": prior_mean, "prior_logvar": prior_logvar}
     if self.gsnn and image is not None:
       z_p = (reparameterize(prior_mean, prior_logvar, self.make_rng("sample"))
              if sample_latent else prior_mean)
-      out["recon_prior"] = self.decoder(z_p, emb)
+      out["recon_prior"] = self.decoder(z_p, emb, **dec_kw)
     return out
 
   def generate(
@@ -309,7 +336,7 @@ class CVAE(nn.Module):
     ``sample_latent`` is False (then ``rng`` is ignored). The positional order (text, rng,
     sample_latent) is the paper models', so callers can treat every model alike.
     """
-    emb = self.encode_text(text, mask)
+    emb, dec_kw = self._text(text, mask)
     mean, logvar = self.prior(emb)
     if sample_latent:
       if rng is None:
@@ -318,7 +345,7 @@ class CVAE(nn.Module):
       z = mean + temperature * jnp.exp(0.5 * logvar) * eps
     else:
       z = mean
-    return self.decoder(z, emb)
+    return self.decoder(z, emb, **dec_kw)
 
 
 def cvae(**overrides: Any) -> CVAE:
