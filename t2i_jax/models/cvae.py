@@ -276,7 +276,7 @@ class CVAE(nn.Module):
   def _text(self, text: Array, mask: Array | None):
     """(embedding, decoder keyword arguments): the words too when the decoder attends."""
     if not self.attend_blocks:
-      return self.text_encoder(text, mask), {}
+      return self.encode_text(text, mask), {}
     emb, words, word_mask = self.text_encoder(text, mask, return_words=True)
     return emb, {"words": words, "word_mask": word_mask}
 
