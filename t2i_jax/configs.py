@@ -82,6 +82,16 @@ def base_config() -> ml_collections.ConfigDict:
   # A NaN/Inf loss or gradient: 'stop' (name the step and the last checkpoint) or 'skip'
   # (discard that update, count it in the metrics as skipped_steps, go on).
   c.nonfinite = "stop"
+  # Generic to every family (t2i_jax.train): an EMA of the params, used for eval and
+  # sampling when on, and frozen params from another run (a first stage).
+  c.ema_decay = 0.0  # 0 = off; e.g. 0.999
+  c.first_stage_workdir = ""  # workdir of a trained first stage (latent families)
+  # Flow family (t2i_jax.methods.flow): caption dropout for classifier-free guidance and
+  # the defaults of t2i sample / evaluate.
+  c.cfg_drop_rate = 0.1
+  c.sample_steps = 20
+  c.sample_guidance = 3.0
+  c.sample_solver = "euler"  # euler | heun
   return c
 
 
