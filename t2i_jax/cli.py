@@ -38,7 +38,7 @@ def _cmd_prepare(args) -> None:
     cfg.num_images = args.num_images
     cfg.shapes_seed = args.seed
   builder = pipeline.get_builder(cfg)
-  prepare.prepare(builder, manual_dir=manual_dir)
+  prepare.prepare(builder, manual_dir=manual_dir, force=args.force)
 
 
 def _cmd_train(args) -> int:
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
   pp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   pp.add_argument("--num-images", type=int, default=20000, help="shapes: images in all")
   pp.add_argument("--seed", type=int, default=0, help="shapes: generator seed")
+  pp.add_argument("--force", action="store_true",
+                  help="rebuild even if prepared (e.g. when damaged); the old output is "
+                  "replaced only once the new one is complete")
   pp.set_defaults(func=_cmd_prepare)
 
   pt = sub.add_parser("train", help="train the experiment of a config file (resumes W)",

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from t2i_jax.data import common
+from t2i_jax.data import common, integrity
 from t2i_jax.errors import UserError
 
 NUMERIC_KEYS = ("image", "text", "mask")
@@ -70,7 +70,7 @@ def ensure_prepared(config, builder=None):
         "first, or set --config.manual_dir=DIR.")
   from t2i_jax.data import prepare  # pylint: disable=import-outside-toplevel
   prepare.prepare(builder, manual_dir=config.get("manual_dir") or None)
-  return builder
+  return prepare.reload(builder)  # what is on disk now (another process may have prepared it)
 
 
 def split_request(config, role: str) -> tuple[list[str], Any]:
@@ -196,7 +196,7 @@ def load_table(config, role: str, builder=None) -> Table:
   cols: dict[str, list[np.ndarray]] = {}
   for s in splits:
     if s in available:
-      for k, v in _read_split(builder, s).items():
+      for k, v in integrity.read_split(builder, s, config, _read_split).items():
         cols.setdefault(k, []).append(v)
   data = {k: np.concatenate(v) for k, v in cols.items()}
   image_ids = _utf8(data["image_id"])
