@@ -85,7 +85,7 @@ def main(argv):
   code = train.main_from_module(get_config, argv)
   if code != 0 or any(a in ("-h", "--help") for a in argv):
     return code
-  workdir = Path(train._split_workdir(argv)[0]).expanduser()  # pylint: disable=protected-access
+  workdir = Path(train.split_workdir(argv)[0]).expanduser()
   path = write_samples(workdir)
   print(f"samples: {path}")
   m = _final_test_metrics(workdir)

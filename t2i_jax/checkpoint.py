@@ -239,9 +239,10 @@ def restore_for_inference(
     def read(s: int):
       tree = manager.item_metadata(s)[STATE_ITEM]
       tree = getattr(tree, "tree", tree)
-      target = {"params": jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-          tree["params"])}
+      # A run that keeps an EMA of its params samples with the EMA.
+      key = "ema_params" if "ema_params" in tree else "params"
+      target = {key: jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree[key])}
       return manager.restore(s, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.PyTreeRestore(
               item=target, partial_restore=True,
@@ -257,4 +258,39 @@ def restore_for_inference(
   finally:
     manager.close()
   config = configs.from_json_dict(out[META_ITEM]["config"])
-  return config, out[STATE_ITEM]["params"], int(step)
+  tree = out[STATE_ITEM]
+  return config, tree.get("ema_params", tree.get("params")), int(step)
+
+
+FROZEN_DIR = "frozen"
+
+
+def save_frozen(workdir: str | Path, frozen: Any) -> Path:
+  """Stores a run's frozen params once, in WORKDIR/frozen (written whole or not at all)."""
+  path = Path(workdir).expanduser().absolute() / FROZEN_DIR
+  if path.exists():
+    return path
+  with ocp.StandardCheckpointer() as saver:
+    saver.save(path, frozen)  # Orbax writes a temporary folder and renames it when complete
+    saver.wait_until_finished()
+  return path
+
+
+def load_frozen(workdir: str | Path) -> Any | None:
+  """The frozen params stored by ``save_frozen``, or None when the run has none."""
+  path = Path(workdir).expanduser().absolute() / FROZEN_DIR
+  if not path.is_dir():
+    return None
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    with ocp.StandardCheckpointer() as reader:
+      meta = reader.metadata(path)
+      meta = getattr(meta, "item_metadata", meta)
+      meta = getattr(meta, "tree", meta)
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta)
+      return reader.restore(path, target)
+  except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds
+    raise UserError(f"the frozen params in {path} are unreadable ({type(e).__name__}); "
+                    "delete that folder and rerun: they are copied again from the run's "
+                    "--config.first_stage_workdir.") from e

@@ -39,7 +39,7 @@ def maybe_initialize_distributed(config=None) -> bool:
   from jax._src import distributed as _dist  # pylint: disable=import-outside-toplevel
   if getattr(_dist.global_state, "client", None) is not None:
     return True
-  wanted = bool(config is not None and config.get("distributed", False))
+  wanted = bool(config is not None and config.distributed)
   env = {k: os.environ.get(k) for k in _ENV_VARS}
   from_env = all(env.values())
   if not (wanted or from_env):

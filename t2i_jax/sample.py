@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax
 import jax
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from t2i_jax import checkpoint as checkpoint_lib
-from t2i_jax import models
+from t2i_jax import methods
 from t2i_jax.data import common, pipeline
 from t2i_jax.errors import UserError
 
@@ -57,22 +56,20 @@ class Generator:
 
   workdir: Path
   config: ml_collections.ConfigDict
-  params: Any
+  params: Any  # the EMA of the params when the run keeps one
   step: int
-  model: Any
+  method: methods.Method
   spec: common.CaptionSpec
   glove: Any  # t2i_jax.glove.Glove
+  frozen: Any = None  # the run's frozen params (a first stage), if any
 
-  @property
-  def accepts_temperature(self) -> bool:
-    """True when the model's ``generate`` takes a ``temperature`` keyword (future models)."""
-    params = inspect.signature(self.model.generate).parameters
-    return "temperature" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+  def default_options(self) -> dict[str, Any]:
+    """The run's own sampling options (e.g. its config.sample_temperature or guidance)."""
+    return self.method.default_options(self.config)
 
 
 def load_generator(workdir: str | Path) -> Generator:
-  """The latest checkpoint of ``workdir`` with its model, caption spec and GloVe vectors."""
+  """The latest checkpoint of ``workdir`` with its method, caption spec and GloVe vectors."""
   path = Path(workdir).expanduser()
   if not path.exists():
     raise UserError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
@@ -83,20 +80,21 @@ def load_generator(workdir: str | Path) -> Generator:
   absl_logger.setLevel(logging.ERROR)  # Orbax notes that a read-only reader is read-only
   try:
     config, params, step = checkpoint_lib.restore_for_inference(path)
+    frozen = checkpoint_lib.load_frozen(path)
   finally:
     absl_logger.setLevel(level)
-  kwargs = config.get("model_kwargs") or {}
-  if isinstance(kwargs, ml_collections.ConfigDict):
-    kwargs = kwargs.to_dict()
-  model = models.get_model(config.model, **kwargs)
+  method = methods.get(config)
+  if not method.GENERATES:
+    raise UserError(f"the run in {workdir} ({config.model}) does not draw images from "
+                    "captions; sample from a run of a text-to-image model.")
   spec = pipeline.caption_spec(config)
   glove = spec.load_glove()
-  _check_text_dim(model, params, spec, glove, path)
-  return Generator(workdir=path, config=config, params=params, step=step, model=model,
-                   spec=spec, glove=glove)
+  _check_text_dim(method, params, frozen, spec, glove, path)
+  return Generator(workdir=path, config=config, params=params, step=step, method=method,
+                   spec=spec, glove=glove, frozen=frozen)
 
 
-def _check_text_dim(model, params, spec, glove, workdir) -> None:
+def _check_text_dim(method, params, frozen, spec, glove, workdir) -> None:
   """Fails in one line when the GloVe file's dimension is not the one the run trained on.
 
   The GloVe file is found by path at sampling time and may have changed since training; a
@@ -105,8 +103,8 @@ def _check_text_dim(model, params, spec, glove, workdir) -> None:
   shape = (1, spec.max_len, glove.dim) if spec.mode == "sequence" else (1, glove.dim)
   try:
     jax.eval_shape(
-        lambda p, t: model.apply({"params": p}, t, jax.random.key(0), False, method="generate"),
-        params, jax.ShapeDtypeStruct(shape, jnp.float32))
+        lambda p, f, t: method.generate(p, t, None, jax.random.split(jax.random.key(0), 1), f),
+        params, frozen, jax.ShapeDtypeStruct(shape, jnp.float32))
   except (flax.errors.ScopeParamShapeError, TypeError, ValueError) as e:
     raise UserError(
         f"the GloVe vectors {spec.glove or '(built-in 6B 50d)'} have dimension {glove.dim}, "
@@ -166,24 +164,18 @@ MAX_BATCH = 256  # images per jitted call; larger requests run in several calls
 
 
 @functools.lru_cache(maxsize=8)
-def _generate_fn(model):
-  """A jitted ``(params, text [B, ...], caption_id [B], sample_id [B], key) -> uint8 images``.
+def _generate_fn(method: methods.Method):
+  """A jitted ``(params, frozen, text [B, ...], caption_id [B], sample_id [B], key) -> uint8``.
 
-  Row ``b`` decodes with ``fold_in(fold_in(key, caption_id[b]), sample_id[b])``. Cached per
-  (hashable) module, so repeated loads of one run reuse the compiled program.
+  Row ``b`` draws with ``fold_in(fold_in(key, caption_id[b]), sample_id[b])``. Cached per
+  (hashable) method, so repeated loads of one run reuse the compiled program.
   """
 
-  @functools.partial(jax.jit, static_argnames=("sample_latent", "temperature"))
-  def fn(params, text, caption_id, sample_id, key, *, sample_latent, temperature):
-    kwargs = {} if temperature is None else {"temperature": temperature}
-
-    def one(row, i, j):
-      k = jax.random.fold_in(jax.random.fold_in(key, i), j)
-      image = model.apply({"params": params}, row[None], k, sample_latent, method="generate",
-                          **kwargs)
-      return image[0]
-
-    images = jax.vmap(one)(text, caption_id, sample_id)
+  @functools.partial(jax.jit, static_argnames="options")
+  def fn(params, frozen, text, caption_id, sample_id, key, *, options):
+    keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(key, i), j))(
+        caption_id, sample_id)
+    images = method.generate(params, text, None, keys, frozen, **dict(options))
     images = jnp.nan_to_num(images.astype(jnp.float32), nan=0.0)
     return jnp.clip(jnp.round(images * 255.0), 0, 255).astype(jnp.uint8)
 
@@ -195,59 +187,71 @@ def _batch_size(total: int) -> int:
   return min(MAX_BATCH, max(8, 1 << (total - 1).bit_length()))
 
 
-def default_temperature(gen: Generator) -> float:
-  """The run's ``config.sample_temperature`` (1.0 for runs and models without one)."""
-  return float(gen.config.get("sample_temperature", 1.0)) if gen.accepts_temperature else 1.0
+def resolve_options(method: methods.Method, config: ml_collections.ConfigDict,
+                    options: Mapping[str, Any]) -> dict[str, Any]:
+  """The run's default sampling options with ``options`` (None = keep the default) applied.
+
+  An option the family does not take is a one-line UserError naming the ones it takes.
+  """
+  resolved = method.default_options(config)
+  for name, value in options.items():
+    if value is None:
+      continue
+    if name not in resolved:
+      offered = ", ".join(sorted(resolved)) or "none"
+      raise UserError(f"model {config.model!r} has no sampling {name} (its sampling "
+                      f"options: {offered}).")
+    resolved[name] = value
+  return method.check_options(resolved)
 
 
-def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 0, *,
-                          sample_latent: bool = True,
-                          temperature: float | None = None) -> np.ndarray:
-  """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3]; see the module docstring.
+def draw(method: methods.Method, params: Any, frozen: Any, text: np.ndarray, *, n: int,
+         seed: int, options: Mapping[str, Any]) -> np.ndarray:
+  """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3] with checked ``options``.
 
-  ``temperature`` None means the run's own (``default_temperature``). Requests are padded
-  to a power-of-two batch, so that grids of other sizes do not compile again.
+  Requests are padded to a power-of-two batch, so that grids of other sizes do not compile
+  again.
   """
   if n < 1:
     raise UserError(f"the number of samples must be at least 1, got {n}.")
-  if temperature is None:
-    temperature = default_temperature(gen)
-  if not np.isfinite(temperature) or temperature < 0:
-    raise UserError(f"the sampling temperature must be a number >= 0, got {temperature}.")
-  temp = None
-  if temperature != 1.0:
-    if not gen.accepts_temperature:
-      raise UserError(f"model {gen.config.model!r} has no sampling temperature; leave it at 1.")
-    temp = float(temperature)
   text = np.asarray(text, np.float32)
   num = text.shape[0]
   caption_id = np.repeat(np.arange(num, dtype=np.int32), n)
   sample_id = np.tile(np.arange(n, dtype=np.int32), num)
   total = num * n
   size = _batch_size(total)
-  fn = _generate_fn(gen.model)
+  fn = _generate_fn(method)
   key = jax.random.key(int(seed))
+  static = tuple(sorted(options.items()))
   outputs = []
   for start in range(0, total, size):
     rows = np.arange(start, start + size) % total  # the last call is padded with repeats
-    outputs.append(fn(gen.params, text[caption_id[rows]], caption_id[rows], sample_id[rows],
-                      key, sample_latent=bool(sample_latent), temperature=temp))
+    outputs.append(fn(params, frozen, text[caption_id[rows]], caption_id[rows],
+                      sample_id[rows], key, options=static))
   images = np.concatenate([np.asarray(o) for o in jax.device_get(outputs)])[:total]
   return images.reshape((num, n) + images.shape[1:])
 
 
-def generate(gen: Generator, captions: Sequence[str], n: int, seed: int = 0, *,
-             sample_latent: bool = True, temperature: float | None = None) -> np.ndarray:
+def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 0,
+                          **options: Any) -> np.ndarray:
+  """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3]; see the module docstring.
+
+  ``options`` are the family's sampling options (temperature, steps, guidance, ...);
+  one left out or None is the run's own.
+  """
+  resolved = resolve_options(gen.method, gen.config, options)
+  return draw(gen.method, gen.params, gen.frozen, text, n=n, seed=seed, options=resolved)
+
+
+def generate(gen: Generator, captions: Sequence[str], n: int, seed: int = 0,
+             **options: Any) -> np.ndarray:
   """Captions -> uint8 images [C, n, 64, 64, 3].
 
-  ``sample_latent`` decodes a sample of q(z | caption) (the paper) or, when False, its mean
-  (then all ``n`` columns are the same image). ``temperature`` reaches models whose
-  ``generate`` accepts it (None: the run's ``sample_temperature``); other models refuse any
-  value but 1.
+  For the VAE families, ``sample_latent=False`` decodes the latent's mean (then all ``n``
+  columns are the same image) and ``temperature`` scales the CVAE's prior std.
   """
   text = encode_captions(gen, captions)
-  return generate_from_tensors(gen, text, n, seed, sample_latent=sample_latent,
-                               temperature=temperature)
+  return generate_from_tensors(gen, text, n, seed, **options)
 
 
 # ------------------------------------------------------------------------------ grids
@@ -360,6 +364,13 @@ def save_grid(images: np.ndarray, row_labels: Sequence[str], path: str | Path,
   return atomic_save(lambda tmp: canvas.save(tmp, format="PNG"), path)
 
 
+def load_png(path: str | Path) -> np.ndarray:
+  """A PNG as a uint8 [H, W, 3] array (a grid, for TensorBoard)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
 # ----------------------------------------------------------------- command-line flows
 
 
@@ -368,16 +379,30 @@ def default_sample_path(gen: Generator) -> Path:
 
 
 def sample_grid(workdir: str | Path, captions: Sequence[str], *, n: int = 8, seed: int = 0,
-                out: str | Path | None = None, sample_latent: bool = True,
-                temperature: float | None = None) -> Path:
-  """``t2i sample``: one row per caption, ``n`` generated images each."""
+                out: str | Path | None = None, npz: str | Path | None = None,
+                **options: Any) -> Path:
+  """``t2i sample``: one row per caption, ``n`` generated images each.
+
+  ``npz`` also writes the images as uint8 [num_captions, n, 64, 64, 3] ('images'), with the
+  'captions', the 'seed', the 'step' and the sampling options, for scripts.
+  """
   gen = load_generator(workdir)
-  images = generate(gen, captions, n, seed, sample_latent=sample_latent,
-                    temperature=temperature)
-  cols = [f"sample {j + 1}" if sample_latent else "posterior mean" for j in range(n)]
+  text = encode_captions(gen, captions)
+  resolved = resolve_options(gen.method, gen.config, options)
+  images = draw(gen.method, gen.params, gen.frozen, text, n=n, seed=seed, options=resolved)
+  if npz is not None:
+    extras = {f"option_{k}": np.asarray(v) for k, v in resolved.items()}
+    atomic_save(lambda tmp: _save_npz(tmp, images=images, captions=np.asarray(list(captions)),
+                                      seed=np.asarray(seed), step=np.asarray(gen.step),
+                                      **extras), npz)
+  mean_only = resolved.get("sample_latent") is False
+  cols = ["latent mean" if mean_only else f"sample {j + 1}" for j in range(n)]
   return save_grid(images, list(captions), out or default_sample_path(gen), col_labels=cols)
 
 
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+  with open(path, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+    np.savez(f, **arrays)
 
 
 def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0,
@@ -407,6 +432,7 @@ def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0
 
 
 __all__ = [
-    "Generator", "atomic_save", "compare_grid", "encode_captions", "generate",
-    "generate_from_tensors", "grid_layout", "load_generator", "sample_grid", "save_grid",
+    "Generator", "atomic_save", "compare_grid", "draw", "encode_captions", "generate",
+    "generate_from_tensors", "grid_layout", "load_generator", "load_png", "resolve_options",
+    "sample_grid", "save_grid",
 ]

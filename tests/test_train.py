@@ -227,7 +227,7 @@ def test_evaluation_counts_every_test_example_exactly_once(runs):
 
   # The real eval step with a padded last batch equals one unpadded pass over all 10.
   deterministic = _config(runs["data_dir"], sample_latent_eval=False)
-  step = train.make_eval_step(deterministic, runs["full"].apply_fn)
+  step = train.make_eval_step(deterministic)
   params = runs["full"].params
   padded = train.evaluate(step, params, table, batch_size=4, rng=jax.random.key(0),
                           progress=False)
