@@ -51,7 +51,8 @@ def _cmd_sample(args) -> None:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   n = args.n if args.n is not None else (1 if args.mean else 8)
   print(sample.sample_grid(args.workdir, args.captions, n=n, seed=args.seed, out=args.out,
-                           sample_latent=not args.mean, temperature=args.temperature))
+                           npz=args.npz, sample_latent=False if args.mean else None,
+                           **_sample_options(args)))
 
 
 def _cmd_compare(args) -> None:
@@ -69,7 +70,7 @@ def _cmd_evaluate(args) -> None:
   from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
   report = evaluate.evaluate_run(args.workdir, out=args.out, num=args.num, seeds=args.seeds,
                                  baseline_workdir=args.baseline_workdir,
-                                 data_dir=args.data_dir, temperature=args.temperature)
+                                 data_dir=args.data_dir, **_sample_options(args))
   if args.long:
     print(evaluate.format_table(report["results"]))
   else:
@@ -77,8 +78,23 @@ def _cmd_evaluate(args) -> None:
   print(report["path"])
 
 
-_TEMPERATURE_HELP = ("scale of the prior's std when sampling z (CVAE; default: the run's "
-                     "config.sample_temperature, else 1)")
+def _add_sample_options(parser: argparse.ArgumentParser) -> None:
+  """The sampling options of every family; each run accepts those its family takes."""
+  parser.add_argument("--temperature", type=float, default=None,
+                      help="CVAE: scale of the prior's std when sampling z (default: the "
+                      "run's config.sample_temperature)")
+  parser.add_argument("--guidance", type=float, default=None,
+                      help="flow: classifier-free guidance scale, 1 = the conditional model "
+                      "(default: the run's config.sample_guidance)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="flow: ODE solver steps (default: the run's config.sample_steps)")
+  parser.add_argument("--solver", default=None, help="flow: euler or heun (default: the "
+                      "run's config.sample_solver)")
+
+
+def _sample_options(args) -> dict:
+  return {"temperature": args.temperature, "guidance": args.guidance, "steps": args.steps,
+          "solver": args.solver}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
   ps.add_argument("-n", type=int, default=None, help="images per caption (default 8; "
                   "1 with --mean)")
   ps.add_argument("--seed", type=int, default=0)
-  ps.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
+  _add_sample_options(ps)
   ps.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_<step>.png)")
+  ps.add_argument("--npz", help="also write the images as uint8 [captions, n, 64, 64, 3] "
+                  "with the captions to this .npz file")
   ps.add_argument("--mean", action="store_true",
                   help="decode the posterior mean instead of sampling z")
   ps.set_defaults(func=_cmd_sample, intermixed=ps)  # captions before or after the options
@@ -150,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
   pe.add_argument("--out", help="JSON path (default: WORKDIR/eval/results.json)")
   pe.add_argument("--num", type=int, default=1000, help="test pairs scored per split")
   pe.add_argument("--seeds", type=int, default=3, help="generation seeds (mean and std)")
-  pe.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
+  _add_sample_options(pe)
   pe.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   pe.add_argument("--long", action="store_true",
                   help="print one line per result (with reader checks) instead of the table")

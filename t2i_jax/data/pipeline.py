@@ -14,7 +14,7 @@ by tf.data from a numpy permutation of the pair indices. That gives:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -27,29 +27,29 @@ NUMERIC_KEYS = ("image", "text", "mask")
 def caption_spec(config) -> common.CaptionSpec:
   """The caption spec named by an experiment config."""
   return common.CaptionSpec(
-      glove=config.get("glove") or None,
-      mode=config.get("caption_mode", "sum"),
-      max_len=config.get("max_caption_len", 32),
-      remove_stopwords=config.get("remove_stopwords", True),
-      dtype=config.get("caption_dtype", "float32"),
+      glove=config.glove or None,
+      mode=config.caption_mode,
+      max_len=config.max_caption_len,
+      remove_stopwords=config.remove_stopwords,
+      dtype=config.caption_dtype,
   )
 
 
 def get_builder(config):
   """The TFDS builder (not necessarily prepared) for an experiment config."""
   common.quiet_tensorflow()
-  name = config.get("dataset", "shapes")
-  data_dir = config.get("data_dir") or common.default_data_dir()
+  name = config.dataset
+  data_dir = config.data_dir or common.default_data_dir()
   spec = caption_spec(config)
   if name == "shapes":
     from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
     return shapes.make_builder(spec, data_dir=data_dir,
-                               num_images=config.get("num_images", 20000),
-                               seed=config.get("shapes_seed", 0))
+                               num_images=config.num_images,
+                               seed=config.shapes_seed)
   if name == "flickr8k":
     from t2i_jax.data import flickr8k  # pylint: disable=import-outside-toplevel
     return flickr8k.make_builder(spec, data_dir=data_dir,
-                                 image_mode=config.get("image_mode", "paper"))
+                                 image_mode=config.image_mode)
   raise UserError(f"Unknown dataset {name!r}; use 'shapes' or 'flickr8k'.")
 
 
@@ -63,13 +63,13 @@ def ensure_prepared(config, builder=None):
   builder = builder or get_builder(config)
   if is_prepared(builder):
     return builder
-  if config.get("dataset", "shapes") == "flickr8k" and not config.get("manual_dir"):
+  if config.dataset == "flickr8k" and not config.manual_dir:
     raise UserError(
         f"Flickr8k is not prepared in {builder.data_dir}. Run `t2i prepare flickr8k "
-        f"--manual-dir DIR --data-dir {config.get('data_dir') or common.default_data_dir()}` "
+        f"--manual-dir DIR --data-dir {config.data_dir or common.default_data_dir()}` "
         "first, or set --config.manual_dir=DIR.")
   from t2i_jax.data import prepare  # pylint: disable=import-outside-toplevel
-  prepare.prepare(builder, manual_dir=config.get("manual_dir") or None)
+  prepare.prepare(builder, manual_dir=config.manual_dir or None)
   return prepare.reload(builder)  # what is on disk now (another process may have prepared it)
 
 
@@ -79,9 +79,9 @@ def split_request(config, role: str) -> tuple[list[str], Any]:
   Flickr8k is stored once, by official image split (``train``/``dev``/``test``/``unlisted``);
   the paper split is a filter on the caption index (#4 is test, #0-3 train) over all of them.
   """
-  if config.get("dataset", "shapes") != "flickr8k":
+  if config.dataset != "flickr8k":
     return [role], None
-  scheme = config.get("split_scheme", "paper")
+  scheme = config.split_scheme
   if scheme == "paper":
     if role not in ("train", "test"):
       raise UserError(f"The paper split has only train and test, not {role!r}.")
@@ -122,10 +122,38 @@ class Table:
 
   def pairs(self, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The numeric batch for pair indices ``idx`` (host-side gather)."""
-    out = {"image": self.images[self.image_index[idx]], "text": self.text[idx]}
-    if self.mask is not None:
-      out["mask"] = self.mask[idx]
-    return out
+    return gather_pairs(pair_columns(self), idx)
+
+
+def pair_columns(table: Table) -> dict[str, np.ndarray]:
+  """The numeric columns ``gather_pairs`` reads: images once, pair -> image index, captions."""
+  data = {"images": table.images, "image_index": np.asarray(table.image_index, np.int32),
+          "text": table.text}
+  if table.mask is not None:
+    data["mask"] = table.mask
+  return data
+
+
+def gather_pairs(columns: Mapping[str, Any], idx: Any, take=None) -> dict[str, Any]:
+  """Pair indices (any shape, e.g. [B] or [K, B]) -> the batch {image, text[, mask]}.
+
+  The one gather of the project: on the host (numpy), inside a jitted step (jax arrays) and
+  in tf.data (``take=tf.gather``). ``columns`` is ``pair_columns(table)`` or a copy of it.
+  """
+  if take is None:
+    take = lambda values, i: values[i]  # pylint: disable=unnecessary-lambda-assignment
+  out = {"image": take(columns["images"], take(columns["image_index"], idx)),
+         "text": take(columns["text"], idx)}
+  if "mask" in columns:
+    out["mask"] = take(columns["mask"], idx)
+  return out
+
+
+def pad_leading(arrays: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Zero-pads every array along axis 0 to ``size`` rows (a short batch or chunk)."""
+  return {k: v if v.shape[0] == size else
+          np.concatenate([v, np.zeros((size - v.shape[0],) + v.shape[1:], v.dtype)])
+          for k, v in arrays.items()}
 
 
 _STRING_KEYS = ("image_id", "caption", "clean_caption", "split")
@@ -192,7 +220,7 @@ def load_table(config, role: str, builder=None) -> Table:
     raise UserError(
         f"Split {role!r} is not in the prepared {builder.name} ({', '.join(sorted(available))})."
         + (" The official split needs the Flickr_8k.*Images.txt lists, which this copy lacks; "
-           "use --config.split_scheme=paper." if config.get("dataset") == "flickr8k" else ""))
+           "use --config.split_scheme=paper." if config.dataset == "flickr8k" else ""))
   cols: dict[str, list[np.ndarray]] = {}
   for s in splits:
     if s in available:
@@ -268,17 +296,11 @@ def make_dataset(table: Table, *, batch_size: int, seed: int = 0, epoch: int = 0
     perm = perm.reshape(-1, batch_size)[:, process_index * local:(process_index + 1) * local]
     perm = perm.reshape(-1)
     batch_size = local
-  images = tf.constant(table.images)
-  image_index = tf.constant(table.image_index)
-  text = tf.constant(table.text)
-  mask = None if table.mask is None else tf.constant(table.mask)
+  columns = {k: tf.constant(v) for k, v in pair_columns(table).items()}
 
   @tf.autograph.experimental.do_not_convert
   def gather(idx):
-    out = {"image": tf.gather(images, tf.gather(image_index, idx)), "text": tf.gather(text, idx)}
-    if mask is not None:
-      out["mask"] = tf.gather(mask, idx)
-    return out
+    return gather_pairs(columns, idx, take=tf.gather)
 
   ds = tf.data.Dataset.from_tensor_slices(perm.astype(np.int64))
   if chunk:
