@@ -10,14 +10,14 @@ very same code, for baselines: ``real`` (the dataset's own test images: the ceil
 image whose caption tensor is nearest in cosine; sequence captions as the masked mean of
 their word vectors) and, with ``--baseline-workdir``, a second run (e.g. a paper model).
 
-Shapes: a scene reader (``t2i_jax.scene_reader``) reads each image back; per stated
+Shapes: a scene reader (``t2i_jax.evals.scene_reader``) reads each image back; per stated
 attribute (``stated_accuracy/<attr>`` from ``shapes.caption_checks``, ``n`` = how many
 captions state it) and ``all_stated_correct`` (``shapes.caption_is_satisfied``, ``n`` =
 captions) on the ``test`` and ``compositional`` splits. ``reader_accuracy/<attr>`` is the
 reader against the ground truth: on its own held-out renders (split ``reader_heldout``) and
 on the scored real images (model ``real``, ``n`` = scored pairs).
 
-Flickr8k: a dual encoder (``t2i_jax.dual_encoder``) trained on the official train split.
+Flickr8k: a dual encoder (``t2i_jax.evals.dual_encoder``) trained on the official train split.
 ``r_precision``: R@1 of the true caption against 99 captions of other images (AttnGAN),
 mean and std over 10 folds; ``FD_dual`` and ``KID_dual``: Fréchet distance and the kernel
 inception distance estimator in the dual encoder's image-feature space (not Inception: no
@@ -230,7 +230,7 @@ def shapes_scores(pred: Mapping[str, np.ndarray], stated: np.ndarray
   Mentions are pooled: ``shape`` counts obj0_shape and obj1_shape verdicts together.
   """
   from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
-  from t2i_jax.scene_reader import attributes_at  # pylint: disable=import-outside-toplevel
+  from t2i_jax.evals.scene_reader import attributes_at  # pylint: disable=import-outside-toplevel
   counts = {g: [0, 0] for g in STATED_GROUPS}
   satisfied = 0
   for i in range(len(stated)):
@@ -353,7 +353,7 @@ def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, 
                     out_dir: Path, progress: bool = True, temperature: float | None = None) -> tuple[list[dict], dict]:
   """Scene-reader metrics on the test and compositional splits (see the module docstring)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax import scene_reader  # pylint: disable=import-outside-toplevel
+  from t2i_jax.evals import scene_reader  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   reader = reader or scene_reader.get_scene_reader(progress=progress)
   results = []
@@ -404,7 +404,7 @@ def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None
                       ) -> tuple[list[dict], dict]:
   """Dual-encoder metrics on the official test images (see the module docstring)."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax import dual_encoder  # pylint: disable=import-outside-toplevel
+  from t2i_jax.evals import dual_encoder  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   official = dual_encoder.official_config(config)
   if dual is None:

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_jax import cli, dual_encoder, evaluate, sample, scene_reader, train
+from t2i_jax import cli, evaluate, sample, train
 from t2i_jax.data import pipeline, shapes
 from t2i_jax.errors import UserError
+from t2i_jax.evals import dual_encoder, scene_reader
 
 import flickr8k_fixtures as fx
 import tiny_runs

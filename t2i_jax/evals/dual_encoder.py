@@ -4,7 +4,7 @@ Why: R-precision (AttnGAN) needs a shared image-text space, and Fréchet distanc
 an image feature space; with no internet there is no Inception or CLIP, so this module
 trains a small one on the official Flickr8k *train* split (never on test images):
 
-* image tower: ``scene_reader.PatchCNN`` on 64x64 images -> FEATURES (the space of
+* image tower: ``evals.scene_reader.PatchCNN`` on 64x64 images -> FEATURES (the space of
   ``FD_dual`` / ``KID_dual``) -> a linear projection to the joint space;
 * text tower: the masked mean of GloVe 6B 50d vectors of the caption (stopwords removed)
   -> an MLP -> the joint space. It reads the raw caption itself, so its scores do not
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from t2i_jax import scene_reader
 from t2i_jax.errors import UserError
+from t2i_jax.evals import aux_net, scene_reader
 
 VERSION = "dual_encoder_v1"
 
@@ -80,7 +80,7 @@ def data_key(image_ids: Sequence[str], num_pairs: int, image_mode: str) -> dict[
 
 def cache_dir(cfg: DualConfig, data: dict[str, Any]) -> Path:
   blob = json.dumps({"version": VERSION, **dataclasses.asdict(cfg), **data}, sort_keys=True)
-  return scene_reader.cache_root() / "dual_encoder" / hashlib.sha1(blob.encode()).hexdigest()[:16]
+  return aux_net.cache_root() / "dual_encoder" / hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------- model
@@ -163,7 +163,6 @@ def train_dual_encoder(images: np.ndarray, image_index: np.ndarray, text: np.nda
   each image's captions at random.
   """
   import optax  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   num_images = len(images)
   by_image = [[] for _ in range(num_images)]
   for pair, im in enumerate(np.asarray(image_index)):
@@ -178,35 +177,26 @@ def train_dual_encoder(images: np.ndarray, image_index: np.ndarray, text: np.nda
   params = net.init(key, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, text.shape[-1])))["params"]
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate,
                                                 min(100, total // 4 + 1), total)
-  tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-  opt_state = tx.init(params)
 
-  @jax.jit
-  def step(params, opt_state, im, tx_in, key):
-    x = _shift_flip(key, jnp.asarray(im, jnp.float32) / 255.0, cfg.max_shift)
+  def batches():
+    """``batch`` distinct images per step and one of each one's captions: (images, text)."""
+    rng = np.random.default_rng([cfg.seed, 0xD0A1])
+    order, pos = rng.permutation(usable), 0
+    while True:
+      if pos + batch > len(order):
+        order, pos = rng.permutation(usable), 0
+      ims = order[pos:pos + batch]
+      pos += batch
+      pairs = np.array([by_image[i][int(rng.integers(len(by_image[i])))] for i in ims])
+      yield images[ims], text[pairs]
 
-    def loss_fn(p):
-      return info_nce(*net.apply({"params": p}, x, tx_in))
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  rng = np.random.default_rng([cfg.seed, 0xD0A1])
-  order, pos = rng.permutation(usable), 0
   t0 = time.time()
-  losses = []
-  for s in tqdm(range(total), desc="dual encoder training", unit="step", disable=not progress,
-                mininterval=2.0):
-    if pos + batch > len(order):
-      order, pos = rng.permutation(usable), 0
-    ims = order[pos:pos + batch]
-    pos += batch
-    pairs = np.array([by_image[i][int(rng.integers(len(by_image[i])))] for i in ims])
-    params, opt_state, loss = step(params, opt_state, images[ims], text[pairs],
-                                   jax.random.fold_in(key, s))
-    if s % 50 == 0 or s == total - 1:
-      losses.append((s, float(loss)))
+  params, losses = aux_net.train(
+      params, optax.adamw(schedule, weight_decay=cfg.weight_decay),
+      lambda p, b: info_nce(*net.apply({"params": p}, *b)), batches(),
+      prepare=lambda b, k: (_shift_flip(k, jnp.asarray(b[0], jnp.float32) / 255.0,
+                                        cfg.max_shift), b[1]),
+      num_steps=total, key=key, log_every=50, desc="dual encoder training", progress=progress)
   meta = {"version": VERSION, "config": dataclasses.asdict(cfg), "steps": total,
           "batch_size": batch, "train_images": int(len(usable)),
           "train_pairs": int(len(image_index)), "losses": losses,
@@ -214,7 +204,7 @@ def train_dual_encoder(images: np.ndarray, image_index: np.ndarray, text: np.nda
           "temperature": float(1.0 / np.exp(min(float(params["logit_scale"]),
                                                 np.log(100.0)))),
           "backend": jax.default_backend()}
-  return jax.device_get(params), meta
+  return params, meta
 
 
 # ----------------------------------------------------------------------------- inference
@@ -233,19 +223,6 @@ def _text_fn(cfg: DualConfig):
   return jax.jit(lambda p, t: net.apply({"params": p}, t, method="embed_text"))
 
 
-def _batched(fn, params, x: np.ndarray, batch_size: int):
-  """Runs ``fn`` over fixed-size, zero-padded batches (one compilation for any N)."""
-  outs = []
-  for start in range(0, len(x), batch_size):
-    chunk = x[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    out = jax.device_get(fn(params, chunk))
-    outs.append(jax.tree.map(lambda a, n=len(chunk) - pad: np.asarray(a)[:n], out))
-  return outs
-
-
 @dataclasses.dataclass
 class DualEncoder:
   """Trained parameters, the config that built them and the training meta."""
@@ -258,7 +235,7 @@ class DualEncoder:
                    ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [N, 64, 64, 3] -> (features [N, F] for FD/KID, unit embeddings [N, E])."""
     images = np.asarray(images)
-    outs = _batched(_image_fn(self.cfg), self.params, images, batch_size)
+    outs = aux_net.apply_batched(_image_fn(self.cfg), self.params, images, batch_size)
     if not outs:
       return (np.zeros((0, self.cfg.widths[2]), np.float32),
               np.zeros((0, self.cfg.embed_dim), np.float32))
@@ -267,7 +244,7 @@ class DualEncoder:
   def embed_captions(self, captions: Sequence[str], batch_size: int = 1024) -> np.ndarray:
     """Raw caption strings -> unit embeddings [N, E]."""
     vecs = caption_vectors(list(captions))
-    outs = _batched(_text_fn(self.cfg), self.params, vecs, batch_size)
+    outs = aux_net.apply_batched(_text_fn(self.cfg), self.params, vecs, batch_size)
     return (np.concatenate(outs) if outs else np.zeros((0, self.cfg.embed_dim), np.float32))
 
 
@@ -286,16 +263,16 @@ def get_dual_encoder(config: ml_collections.ConfigDict, train_if_missing: bool =
     table = pipeline.load_table(official_config(config), "train")
   data = data_key(table.image_ids, len(table), config.get("image_mode", "paper"))
   directory = cache_dir(cfg, data)
-  cached = scene_reader.load_params(directory)
+  cached = aux_net.load_params(directory)
   if cached is None:
     if not train_if_missing:
       raise UserError(f"no trained dual encoder in {directory}; run `t2i evaluate` once "
                       "(it trains one) or call get_dual_encoder().")
     params, meta = train_dual_encoder(table.images, table.image_index,
                                       caption_vectors(table.captions), cfg, progress)
-    scene_reader.save_params(directory, params,
-                             {**meta, "data": data, "cache_dir": str(directory)})
-    cached = scene_reader.load_params(directory)
+    aux_net.save_params(directory, params,
+                        {**meta, "data": data, "cache_dir": str(directory)})
+    cached = aux_net.load_params(directory)
   params, meta = cached
   return DualEncoder(params=params, cfg=cfg, meta=meta)
 

@@ -1,6 +1,6 @@
 """A scene reader for captioned shapes: a small CNN that reads a 64x64 image back.
 
-Why: captions of the shapes set are checkable (``shapes.caption_is_satisfied``), but only on
+Why: captions of the shapes set are checkable (``evals.shapes.caption_is_satisfied``), but only on
 attributes read off the *generated* image. This module trains a classifier on procedural
 renders from a seed namespace of its own (never the dataset's scenes) and predicts, per cell
 of the 3x3 grid, whether it holds an object and that object's shape, colour and size, plus
@@ -13,7 +13,8 @@ centred on the cell's object (see ``object_patches``), weights shared across cel
 The trained parameters are cached as ``params.npz`` + ``meta.json`` (no pickle) under
 ``$T2I_CACHE_DIR/scene_reader/<key>`` (default ``~/.cache/t2i_jax/scene_reader/<key>``),
 where ``<key>`` hashes VERSION and every field of ``ReaderConfig``: change either and a new
-reader is trained; otherwise ``get_scene_reader`` loads the cached one.
+reader is trained; otherwise ``get_scene_reader`` loads the cached one. Training, batched
+inference and the cache go through ``evals.aux_net``, as the dual encoder's do.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +35,7 @@ import numpy as np
 
 from t2i_jax.data import shapes
 from t2i_jax.errors import UserError
+from t2i_jax.evals import aux_net
 
 VERSION = "scene_reader_v2"
 # First entropy word of every render here; the dataset's scenes use [seed, split, index],
@@ -75,13 +76,8 @@ class ReaderConfig:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def cache_root() -> Path:
-  """``$T2I_CACHE_DIR`` or ``~/.cache/t2i_jax`` (the GloVe cache's root too)."""
-  return Path(os.environ.get("T2I_CACHE_DIR") or Path.home() / ".cache" / "t2i_jax")
-
-
 def cache_dir(cfg: ReaderConfig) -> Path:
-  return cache_root() / "scene_reader" / cfg.key()
+  return aux_net.cache_root() / "scene_reader" / cfg.key()
 
 
 # --------------------------------------------------------------------------------- model
@@ -321,7 +317,6 @@ def train_scene_reader(cfg: ReaderConfig = ReaderConfig(), progress: bool = True
                        ) -> tuple[Any, dict[str, Any]]:
   """Trains a reader from scratch: (params, meta with held-out accuracy and timings)."""
   import optax  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   t0, cpu0 = time.time(), time.process_time()
   images, attrs = render_set(_TRAIN_STREAM, cfg.num_train, cfg.seed,
                              probs=cfg.object_count_probs, progress=progress)
@@ -335,40 +330,30 @@ def train_scene_reader(cfg: ReaderConfig = ReaderConfig(), progress: bool = True
   total = steps_per_epoch * cfg.epochs
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, cfg.learning_rate, min(cfg.warmup_steps, max(total // 2, 1)), total)
-  tx = optax.adam(schedule)
-  opt_state = tx.init(params)
 
-  @jax.jit
-  def step(params, opt_state, images, attrs, key):
-    x = augment(key, _to_float(images), cfg)
-    loss, grads = jax.value_and_grad(
-        lambda p: reader_loss(net.apply({"params": p}, x), attrs))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def batches():
+    """Every epoch a fresh permutation, cut into sorted batches: (images, attrs)."""
+    rng = np.random.default_rng([_NAMESPACE, cfg.seed, 3])
+    for _ in range(cfg.epochs):
+      perm = rng.permutation(cfg.num_train)
+      for s in range(steps_per_epoch):
+        idx = np.sort(perm[s * cfg.batch_size:(s + 1) * cfg.batch_size])
+        yield images[idx], {k: v[idx] for k, v in attrs.items()}
 
-  rng = np.random.default_rng([_NAMESPACE, cfg.seed, 3])
-  bar = tqdm(total=total, desc="scene reader training", unit="step", disable=not progress,
-             mininterval=2.0)
   t1 = time.time()
-  loss = jnp.nan
-  for epoch in range(cfg.epochs):
-    perm = rng.permutation(cfg.num_train)
-    for s in range(steps_per_epoch):
-      idx = np.sort(perm[s * cfg.batch_size:(s + 1) * cfg.batch_size])
-      batch = {k: v[idx] for k, v in attrs.items()}
-      params, opt_state, loss = step(params, opt_state, images[idx], batch,
-                                     jax.random.fold_in(key, epoch * steps_per_epoch + s))
-      bar.update(1)
-      if s % 20 == 0:
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-  bar.close()
+  params, losses = aux_net.train(
+      params, optax.adam(schedule),
+      lambda p, batch: reader_loss(net.apply({"params": p}, batch[0]), batch[1]), batches(),
+      prepare=lambda batch, k: (augment(k, _to_float(batch[0]), cfg), batch[1]),
+      num_steps=total, key=key, log_every=20, desc="scene reader training",
+      progress=progress)
   train_s = time.time() - t1
-  reader = SceneReader(params=jax.device_get(params), cfg=cfg)
+  reader = SceneReader(params=params, cfg=cfg)
   held_images, held_attrs = render_set(_EVAL_STREAM, cfg.num_eval, cfg.seed, dataset_like=True)
   accuracy = pooled_accuracy(reader.predict(held_images), held_attrs)
   meta = {"version": VERSION, "key": cfg.key(), "config": dataclasses.asdict(cfg),
           "heldout_accuracy": accuracy, "heldout_images": cfg.num_eval,
-          "final_loss": float(loss), "steps": total, "render_s": round(render_s, 1),
+          "final_loss": losses[-1][1], "steps": total, "render_s": round(render_s, 1),
           "train_s": round(train_s, 1), "total_s": round(time.time() - t0, 1),
           "cpu_s": round(time.process_time() - cpu0, 1), "cpu_count": os.cpu_count(),
           "backend": jax.default_backend()}
@@ -380,7 +365,7 @@ def train_scene_reader(cfg: ReaderConfig = ReaderConfig(), progress: bool = True
 
 def pooled_accuracy(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarray]
                     ) -> dict[str, float]:
-  """Per-attribute accuracy pooled over a set, as ``shapes.attribute_accuracy`` scores one.
+  """Per-attribute accuracy pooled over a set, as ``evals.shapes.attribute_accuracy`` scores one.
 
   present: over all cells; shape/colour/size: over the true objects (a missed object
   counts as wrong); background and exact (whole scene right): over images.
@@ -401,7 +386,7 @@ def pooled_accuracy(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarra
 
 
 def attributes_at(pred: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-  """Image ``i`` of a batched prediction, as the dict ``shapes.caption_is_satisfied`` takes."""
+  """Image ``i`` of a batched prediction, as the dict ``caption_is_satisfied`` takes."""
   return {k: np.asarray(v[i]) for k, v in pred.items()}
 
 
@@ -437,15 +422,8 @@ class SceneReader:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
       raise ValueError(f"images must be [N, 64, 64, 3], got {images.shape}")
-    fn = _predict_fn(tuple(self.cfg.widths), self.cfg.patch_hidden)
-    parts = []
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      pad = batch_size - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out = jax.device_get(fn(self.params, chunk))
-      parts.append({k: v[:batch_size - pad] for k, v in out.items()})
+    parts = aux_net.apply_batched(_predict_fn(tuple(self.cfg.widths), self.cfg.patch_hidden),
+                                  self.params, images, batch_size)
     if not parts:
       return {"present": np.zeros((0, shapes.NUM_CELLS), np.int32),
               **{k: np.zeros((0, shapes.NUM_CELLS), np.int32) for k in ("shape", "colour",
@@ -454,60 +432,23 @@ class SceneReader:
     return {k: np.concatenate([p[k] for p in parts]) for k in ATTRIBUTES}
 
 
-def save_params(directory: Path, params: Any, meta: Mapping[str, Any]) -> Path:
-  """Writes params.npz + meta.json into ``directory`` atomically (a rename at the end).
-
-  Shared with the dual encoder. A folder that another process completed first is kept.
-  """
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  directory = Path(directory)
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir()
-  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  np.savez(tmp / "params.npz", **{k: np.asarray(v) for k, v in flat.items()})
-  (tmp / "meta.json").write_text(json.dumps(dict(meta), indent=2, sort_keys=True))
-  try:
-    os.replace(tmp, directory)
-  except OSError:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return directory
-
-
-def load_params(directory: Path) -> tuple[Any, dict[str, Any]] | None:
-  """(params, meta) of a folder written by ``save_params``, or None if it is incomplete.
-
-  The npz is opened with ``allow_pickle=False``: a cache file can hold arrays only.
-  """
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  directory = Path(directory)
-  if not ((directory / "params.npz").is_file() and (directory / "meta.json").is_file()):
-    return None
-  with np.load(directory / "params.npz", allow_pickle=False) as data:
-    flat = {k: jnp.asarray(data[k]) for k in data.files}
-  return traverse_util.unflatten_dict(flat, sep="/"), json.loads(
-      (directory / "meta.json").read_text())
-
-
 def get_scene_reader(train_if_missing: bool = True, cfg: ReaderConfig = ReaderConfig(),
                      progress: bool = True) -> SceneReader:
   """The cached reader for ``cfg``; trains and caches it first if there is none."""
   directory = cache_dir(cfg)
-  cached = load_params(directory)
+  cached = aux_net.load_params(directory)
   if cached is not None:
     return SceneReader(params=cached[0], cfg=cfg, meta=cached[1])
   if not train_if_missing:
     raise UserError(f"no trained scene reader in {directory}; run `t2i evaluate` once "
                     "(it trains one in a few minutes) or call get_scene_reader().")
   params, meta = train_scene_reader(cfg, progress=progress)
-  save_params(directory, params, {**meta, "cache_dir": str(directory)})
-  params, meta = load_params(directory)
+  aux_net.save_params(directory, params, {**meta, "cache_dir": str(directory)})
+  params, meta = aux_net.load_params(directory)
   return SceneReader(params=params, cfg=cfg, meta=meta)
 
 
 __all__ = [
     "ReaderConfig", "SceneReader", "SceneReaderNet", "attributes_at", "augment", "cache_dir",
-    "gaussian_blur", "get_scene_reader", "load_params", "pooled_accuracy", "render_set",
-    "save_params", "train_scene_reader",
+    "gaussian_blur", "get_scene_reader", "pooled_accuracy", "render_set", "train_scene_reader",
 ]
