@@ -10,15 +10,20 @@ very same code, for baselines: ``real`` (the dataset's own test images: the ceil
 image whose caption tensor is nearest in cosine; sequence captions as the masked mean of
 their word vectors) and, with ``--baseline-workdir``, a second run (e.g. a paper model).
 
-Shapes: a scene reader (``t2i_jax.evals.scene_reader``) reads each image back; per stated
-attribute (``stated_accuracy/<attr>`` from ``shapes.caption_checks``, ``n`` = how many
-captions state it) and ``all_stated_correct`` (``shapes.caption_is_satisfied``, ``n`` =
-captions) on the ``test`` and ``compositional`` splits. ``reader_accuracy/<attr>`` is the
-reader against the ground truth: on its own held-out renders (split ``reader_heldout``) and
-on the scored real images (model ``real``, ``n`` = scored pairs).
+Every dataset goes through one skeleton (``evaluate_dataset``): choose the scored pairs,
+build the model and baseline sources, generate per seed, score, write the results and
+grids. What is dataset-specific is an evaluator (``Evaluator``; in ``t2i_jax.evals``):
 
-Flickr8k: a dual encoder (``t2i_jax.evals.dual_encoder``) trained on the official train split.
-``r_precision``: R@1 of the true caption against 99 captions of other images (AttnGAN),
+Shapes (``evals.shapes.ShapesEvaluator``): a scene reader (``evals.scene_reader``) reads
+each image back; per stated attribute (``stated_accuracy/<attr>`` from
+``evals.shapes.caption_checks``, ``n`` = how many captions state it) and
+``all_stated_correct`` (``evals.shapes.caption_is_satisfied``, ``n`` = captions) on the
+``test`` and ``compositional`` splits. ``reader_accuracy/<attr>`` is the reader against
+the ground truth: on its own held-out renders (split ``reader_heldout``) and on the scored
+real images (model ``real``, ``n`` = scored pairs).
+
+Flickr8k (``evals.flickr8k.Flickr8kEvaluator``): a dual encoder (``evals.dual_encoder``)
+trained on the official train split. ``r_precision``: R@1 of the true caption against 99 captions of other images (AttnGAN),
 mean and std over 10 folds; ``FD_dual`` and ``KID_dual``: Fréchet distance and the kernel
 inception distance estimator in the dual encoder's image-feature space (not Inception: no
 FID). Pairs are those of the run's test split whose image is in the official test split,
@@ -32,7 +37,7 @@ import datetime
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import ml_collections
 import numpy as np
@@ -44,7 +49,7 @@ DEFAULT_SEEDS = 3
 R_PRECISION_FOLDS = 10
 R_PRECISION_DISTRACTORS = 99
 GRID_ROWS = 8
-_SELECT_SEED = 0  # which pairs are scored and which distractors: the same for every model
+SELECT_SEED = 0  # which pairs are scored and which distractors: the same for every model
 
 # ------------------------------------------------------------------------------ entries
 
@@ -114,7 +119,7 @@ def format_pivot(results: Sequence[Mapping[str, Any]], *, markdown: bool = False
 
 
 def r_precision_candidates(groups: np.ndarray, distractors: int = R_PRECISION_DISTRACTORS,
-                           seed: int = _SELECT_SEED) -> np.ndarray:
+                           seed: int = SELECT_SEED) -> np.ndarray:
   """[N, 1 + k] caption indices: the true one first, then k captions of *other* images.
 
   ``groups[i]`` is the image of caption i (captions of one image never compete). k is
@@ -144,7 +149,7 @@ def r_precision_hits(image_emb: np.ndarray, text_emb: np.ndarray,
 
 
 def folds(values: np.ndarray, num_folds: int = R_PRECISION_FOLDS,
-          seed: int = _SELECT_SEED) -> np.ndarray:
+          seed: int = SELECT_SEED) -> np.ndarray:
   """Means of ``values`` over ``num_folds`` disjoint random folds (fewer if N is smaller)."""
   values = np.asarray(values, np.float64)
   k = max(1, min(num_folds, len(values)))
@@ -190,7 +195,7 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid(x: np.ndarray, y: np.ndarray, subset_size: int = 1000, num_subsets: int = 50,
-        seed: int = _SELECT_SEED) -> float:
+        seed: int = SELECT_SEED) -> float:
   """KID: the unbiased MMD^2 averaged over random subsets (the full sets when small)."""
   m = min(len(x), len(y), subset_size)
   if m >= len(x) and m >= len(y):
@@ -217,32 +222,6 @@ def nearest_captions(query: np.ndarray, pool: np.ndarray, chunk: int = 256) -> n
   q, p = _unit(query).astype(np.float32), _unit(pool).astype(np.float32)
   return np.concatenate([np.argmax(q[s:s + chunk] @ p.T, axis=1)
                          for s in range(0, len(q), chunk)]) if len(q) else np.zeros(0, int)
-
-
-STATED_GROUPS = ("background", "count", "shape", "colour", "size", "cell", "relation")
-
-
-def shapes_scores(pred: Mapping[str, np.ndarray], stated: np.ndarray
-                  ) -> dict[str, tuple[int, int]]:
-  """(correct, stated) per attribute group, and ``all_stated_correct`` over captions.
-
-  ``pred`` is a batched reader prediction, row i read off the image made for caption i.
-  Mentions are pooled: ``shape`` counts obj0_shape and obj1_shape verdicts together.
-  """
-  from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
-  from t2i_jax.evals.scene_reader import attributes_at  # pylint: disable=import-outside-toplevel
-  counts = {g: [0, 0] for g in STATED_GROUPS}
-  satisfied = 0
-  for i in range(len(stated)):
-    checks = shapes.caption_checks(attributes_at(pred, i), stated[i])
-    satisfied += int(checks.pop("all"))
-    for key, ok in checks.items():
-      group = key.split("_", 1)[1] if key.startswith("obj") else key
-      counts[group][0] += int(ok)
-      counts[group][1] += 1
-  out = {g: (c, t) for g, (c, t) in counts.items()}
-  out["all_stated_correct"] = (satisfied, len(stated))
-  return out
 
 
 # ------------------------------------------------------------------------------ sources
@@ -326,7 +305,7 @@ def _override_data_dir(config, data_dir):
 
 def _subset(n_total: int, num: int | None) -> np.ndarray:
   """The scored pairs: the first ``num`` of a fixed random order (sorted), or all."""
-  order = np.random.default_rng([_SELECT_SEED, 0x5E1]).permutation(n_total)
+  order = np.random.default_rng([SELECT_SEED, 0x5E1]).permutation(n_total)
   return np.sort(order[:num] if num else order)
 
 
@@ -349,134 +328,80 @@ def _grid_columns(sources: list[Source], real: np.ndarray, seeds: int
   return cols
 
 
-def evaluate_shapes(gen, *, config, num: int | None, seeds: int, baseline=None, reader=None,
-                    out_dir: Path, progress: bool = True, temperature: float | None = None) -> tuple[list[dict], dict]:
-  """Scene-reader metrics on the test and compositional splits (see the module docstring)."""
+class Evaluator(Protocol):
+  """What one dataset plugs into ``evaluate_dataset`` (``t2i_jax.evals``).
+
+  Calls, in order: ``setup`` once; per split ``eligible``, ``begin_split``, then per source
+  ``score`` for each of its seeds and ``entries`` once; ``meta`` at the end.
+  """
+
+  dataset: str  # the prefix of the grid files and progress bars
+  splits: tuple[str, ...]
+
+  def setup(self, config) -> list[dict[str, Any]]:
+    """Loads or trains the scoring network; entries that score it, if any."""
+
+  def eligible(self, table) -> np.ndarray:
+    """The pairs of a split that may be scored (``--num`` picks among them)."""
+
+  def begin_split(self, split: str, table, idx: np.ndarray, real: np.ndarray
+                  ) -> list[dict[str, Any]]:
+    """Prepares the scored pairs ``idx`` of ``split``; entries on the real images."""
+
+  def score(self, images: np.ndarray) -> Any:
+    """One seed's images (row i made for pair idx[i]) -> its raw scores."""
+
+  def entries(self, split: str, model: str, n: int, per_seed: list[Any]
+              ) -> list[dict[str, Any]]:
+    """A source's entries from its raw scores, one per seed."""
+
+  def meta(self) -> dict[str, Any]:
+    """What the report says about the scoring network."""
+
+
+def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seeds: int,
+                     baseline=None, out_dir: Path, progress: bool = True,
+                     temperature: float | None = None) -> tuple[list[dict], dict]:
+  """Scores the run's model, the baselines and the real images with ``evaluator``.
+
+  Per split: the first ``num`` eligible pairs of a fixed random order, the same for every
+  source; every random source is scored for ``seeds`` seeds, a deterministic one once; a
+  grid of the first captions' images goes to ``out_dir/<dataset>_<split>.png``.
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax.evals import scene_reader  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  reader = reader or scene_reader.get_scene_reader(progress=progress)
-  results = []
-  held = reader.meta.get("heldout_accuracy", {})
-  for attr in scene_reader.ATTRIBUTES:
-    if attr in held:
-      results.append(entry(f"reader_accuracy/{attr}", "reader_heldout", "scene_reader",
-                           reader.meta.get("heldout_images", 0), [held[attr]]))
+  results = list(evaluator.setup(config))
   train = pipeline.load_table(config, "train")
   pictures = []
-  for split in ("test", "compositional"):
+  for split in evaluator.splits:
     table = pipeline.load_table(config, split)
-    idx = _subset(len(table), num)
-    stated = table.extras["stated"][idx]
+    pool = evaluator.eligible(table)
+    idx = pool[_subset(len(pool), num)]
     real = table.images[table.image_index[idx]]
-    truth = {k: table.extras[f"attr_{k}"][idx] for k in scene_reader.ATTRIBUTES}
     sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
     sources += _baseline_sources(train, baseline, table, idx)
     sources.append(_fixed_source("real", real))
-    pred_real = reader.predict(real)
-    acc = scene_reader.pooled_accuracy(pred_real, truth)
-    for attr in scene_reader.ATTRIBUTES:
-      results.append(entry(f"reader_accuracy/{attr}", split, "real", len(idx), [acc[attr]]))
-    for source in tqdm(sources, desc=f"shapes/{split}", unit="model", disable=not progress):
-      per_seed: dict[str, list[float]] = {}
-      totals: dict[str, int] = {}
-      for seed in range(seeds if source.random else 1):
-        scores = shapes_scores(reader.predict(source.images(seed)), stated)
-        for key, (correct, total) in scores.items():
-          if total:
-            per_seed.setdefault(key, []).append(correct / total)
-            totals[key] = total
-      for key, values in per_seed.items():
-        name = key if key == "all_stated_correct" else f"stated_accuracy/{key}"
-        results.append(entry(name, split, source.name, totals[key], values))
-    path = out_dir / f"shapes_{split}.png"
+    results += evaluator.begin_split(split, table, idx, real)
+    for source in tqdm(sources, desc=f"{evaluator.dataset}/{split}", unit="model",
+                       disable=not progress):
+      per_seed = [evaluator.score(source.images(seed))
+                  for seed in range(seeds if source.random else 1)]
+      results += evaluator.entries(split, source.name, len(idx), per_seed)
+    path = out_dir / f"{evaluator.dataset}_{split}.png"
     _grid(path, table.captions[idx], _grid_columns(sources[:-1], real, seeds))
     pictures.append(str(path))
-  meta = {"scene_reader": {k: reader.meta.get(k) for k in (
-      "key", "cache_dir", "heldout_accuracy", "heldout_images", "train_s", "total_s",
-      "cpu_s")},
-          "pictures": pictures}
-  return results, meta
+  return results, {**evaluator.meta(), "pictures": pictures}
 
 
-def evaluate_flickr8k(gen, *, config, num: int | None, seeds: int, baseline=None, dual=None,
-                      out_dir: Path, progress: bool = True, temperature: float | None = None
-                      ) -> tuple[list[dict], dict]:
-  """Dual-encoder metrics on the official test images (see the module docstring)."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from t2i_jax.evals import dual_encoder  # pylint: disable=import-outside-toplevel
-  from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  official = dual_encoder.official_config(config)
-  if dual is None:
-    dual = dual_encoder.get_dual_encoder(
-        official, table=pipeline.load_table(official, "train"), progress=progress)
-  official_test = pipeline.load_table(official, "test")
-  test_ids = set(official_test.image_ids.tolist())
-  table = pipeline.load_table(config, "test")
-  in_test = np.array([i in test_ids for i in table.image_ids[table.image_index]])
-  pool = np.flatnonzero(in_test)
-  if len(pool) == 0:
-    raise UserError("no pair of the run's test split has an image in the official test split.")
-  idx = pool[_subset(len(pool), num)]
-  groups = table.image_ids[table.image_index[idx]]
-  captions = table.captions[idx]
-  real = table.images[table.image_index[idx]]
-  text_emb = dual.embed_captions(captions)
-  candidates = r_precision_candidates(groups)
-  real_feats, _ = dual.embed_images(real)
-  train = pipeline.load_table(config, "train")
-  sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
-  sources += _baseline_sources(train, baseline, table, idx)
-  sources.append(_fixed_source("real", real))
-  # The "real" floor of FD/KID: as many dev-split images (never trained on by the dual
-  # encoder, never scored) against the same test images.
-  try:
-    dev = pipeline.load_table(official, "dev")
-    pick = np.random.default_rng([_SELECT_SEED, 0xDE5]).choice(
-        len(dev), size=min(len(dev), len(idx)), replace=False)
-    dev_feats, _ = dual.embed_images(dev.images[dev.image_index[pick]])
-  except UserError:
-    dev_feats = None
-  results = []
-  n = len(idx)
-  k = candidates.shape[1] - 1
-  # Retrieval returns official-train images, on which the dual encoder itself trained with
-  # their captions: it matches them to their (and so to similar) captions better than any
-  # unseen image, so retrieval's R-precision is inflated, even above the real test images.
-  # The paper split also trains on captions #0-3 of every image, test ones included:
-  # retrieval (like any model that memorises) can then return the very test image.
-  leaky = "retrieved images are the dual encoder's own training images: R-precision inflated"
-  if config.get("split_scheme", "paper") == "paper":
-    leaky += "; the retrieval pool holds captions #0-3 of the test images (paper split)"
-  for source in tqdm(sources, desc="flickr8k/test", unit="model", disable=not progress):
-    fold_scores, rp_seed, fds, kids = [], [], [], []
-    for seed in range(seeds if source.random else 1):
-      feats, emb = dual.embed_images(source.images(seed))
-      hits = r_precision_hits(emb, text_emb, candidates)
-      fold_scores.append(folds(hits))
-      rp_seed.append(hits.mean())
-      if source.name == "real":
-        feats = dev_feats
-      if feats is not None and len(feats) >= 2:
-        fds.append(frechet_distance(feats, real_feats))
-        kids.append(kid(feats, real_feats))
-    fold_mean = np.mean(fold_scores, axis=0)
-    note = {"note": leaky} if source.name == "retrieval" else {}
-    results.append(entry("r_precision", "test", source.name, n, rp_seed, std_over="folds",
-                         std=float(fold_mean.std()), folds=len(fold_mean), distractors=k,
-                         seed_std=float(np.std(rp_seed, ddof=1)) if len(rp_seed) > 1 else 0.0,
-                         **note))
-    if source.name == "real":
-      note = {"note": "dev-split images against the test images: the floor at this n"}
-    if fds:
-      results.append(entry("FD_dual", "test", source.name, n, fds, **note))
-      results.append(entry("KID_dual", "test", source.name, n, kids, **note))
-  path = out_dir / "flickr8k_test.png"
-  _grid(path, captions, _grid_columns(sources[:-1], real, seeds))
-  meta = {"dual_encoder": {k: dual.meta.get(k) for k in (
-      "cache_dir", "data", "steps", "train_s", "final_loss", "temperature")},
-          "test_pairs_available": int(len(pool)), "pictures": [str(path)]}
-  return results, meta
+def _evaluator(dataset: str, reader=None, dual=None, progress: bool = True) -> Evaluator:
+  # pylint: disable=import-outside-toplevel
+  if dataset == "shapes":
+    from t2i_jax.evals.shapes import ShapesEvaluator
+    return ShapesEvaluator(reader=reader, progress=progress)
+  if dataset == "flickr8k":
+    from t2i_jax.evals.flickr8k import Flickr8kEvaluator
+    return Flickr8kEvaluator(dual=dual, progress=progress)
+  raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes or flickr8k runs.")
 
 
 def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
@@ -515,14 +440,10 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   out_dir = gen.workdir / "eval"
   dataset = config.get("dataset", "shapes")
   temperature = sample.default_temperature(gen) if temperature is None else float(temperature)
-  kwargs = dict(config=config, num=num, seeds=seeds, baseline=baseline, out_dir=out_dir,
-                progress=progress, temperature=temperature)
-  if dataset == "shapes":
-    results, meta = evaluate_shapes(gen, reader=reader, **kwargs)
-  elif dataset == "flickr8k":
-    results, meta = evaluate_flickr8k(gen, dual=dual, **kwargs)
-  else:
-    raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes or flickr8k runs.")
+  results, meta = evaluate_dataset(
+      _evaluator(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
+      num=num, seeds=seeds, baseline=baseline, out_dir=out_dir, progress=progress,
+      temperature=temperature)
   report = {
       "workdir": str(gen.workdir), "step": gen.step, "dataset": dataset,
       "model": gen.config.model, "seeds": seeds, "num": num, "temperature": temperature,
@@ -538,8 +459,7 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
 
 
 __all__ = [
-    "caption_vectors", "entry", "evaluate_run", "folds", "format_pivot", "format_table",
-    "frechet_distance",
-    "kid", "mmd2_unbiased", "nearest_captions", "r_precision_candidates", "r_precision_hits",
-    "shapes_scores",
+    "Evaluator", "caption_vectors", "entry", "evaluate_dataset", "evaluate_run", "folds",
+    "format_pivot", "format_table", "frechet_distance", "kid", "mmd2_unbiased",
+    "nearest_captions", "r_precision_candidates", "r_precision_hits",
 ]

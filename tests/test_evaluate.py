@@ -22,6 +22,7 @@ from t2i_jax import cli, evaluate, sample, train
 from t2i_jax.data import pipeline, shapes
 from t2i_jax.errors import UserError
 from t2i_jax.evals import dual_encoder, scene_reader
+from t2i_jax.evals import shapes as shapes_eval
 
 import flickr8k_fixtures as fx
 import tiny_runs
@@ -53,16 +54,16 @@ def test_real_scenes_satisfy_every_stated_attribute():
   # One image per caption, as evaluate scores them.
   stated = np.concatenate([ex["stated"] for ex in examples])
   pred = {k: np.repeat(v, shapes.CAPTIONS_PER_IMAGE, axis=0) for k, v in truth.items()}
-  scores = evaluate.shapes_scores(pred, stated)
+  scores = shapes_eval.shapes_scores(pred, stated)
   assert scores["all_stated_correct"] == (len(stated), len(stated))
-  for group in evaluate.STATED_GROUPS:
+  for group in shapes_eval.STATED_GROUPS:
     correct, total = scores[group]
     assert correct == total
   assert scores["shape"][1] >= len(stated) and scores["colour"][1] >= len(stated)
   # An empty scene satisfies no caption (every caption mentions an object).
   empty = {k: np.full_like(v, -1) if k != "present" else np.zeros_like(v)
            for k, v in pred.items()}
-  assert evaluate.shapes_scores(empty, stated)["all_stated_correct"][0] == 0
+  assert shapes_eval.shapes_scores(empty, stated)["all_stated_correct"][0] == 0
 
 
 def test_pooled_accuracy_agrees_with_attribute_accuracy():
@@ -77,7 +78,7 @@ def test_pooled_accuracy_agrees_with_attribute_accuracy():
   for i in range(len(examples)):
     one = scene_reader.pooled_accuracy({k: v[i:i + 1] for k, v in pred.items()},
                                        {k: v[i:i + 1] for k, v in truth.items()})
-    ref = shapes.attribute_accuracy(scene_reader.attributes_at(pred, i),
+    ref = shapes_eval.attribute_accuracy(scene_reader.attributes_at(pred, i),
                                     scene_reader.attributes_at(truth, i))
     assert one == pytest.approx(ref)
   assert scene_reader.pooled_accuracy(truth, truth) == {k: 1.0 for k in (

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from t2i_jax import glove
 from t2i_jax import text as text_lib
 from t2i_jax.data import shapes as S
+from t2i_jax.evals import shapes as shapes_eval
 
 _FAST = settings(max_examples=40, deadline=None)
 _REL_WORDS = re.compile(r"\b(left of|right of|above|over|below|under|beneath|underneath)\b")
@@ -233,9 +234,9 @@ def test_five_captions_with_records(caption_examples):
 def test_every_caption_is_true_of_its_scene(caption_examples):
   for e in caption_examples:
     for c, s in zip(e["captions"], e["stated"]):
-      assert S.caption_is_satisfied(e["attributes"], s), (c, S.decode_stated(s))
-      assert S.caption_is_satisfied(e["scene"], s)
-      assert all(S.caption_checks(e["attributes"], s).values()), c
+      assert shapes_eval.caption_is_satisfied(e["attributes"], s), (c, S.decode_stated(s))
+      assert shapes_eval.caption_is_satisfied(e["scene"], s)
+      assert all(shapes_eval.caption_checks(e["attributes"], s).values()), c
 
 
 def test_caption_text_matches_its_stated_record(caption_examples):
@@ -302,20 +303,21 @@ _SQUARE = (S.SHAPES.index("square"), S.COLOURS.index("blue"), -1, -1)
 
 @pytest.mark.parametrize("rel,ok", [(0, True), (1, False), (2, True), (3, False)])
 def test_relation_semantics(rel, ok):
-  assert S.caption_is_satisfied(_SCENE, _stated(rel=rel, m0=_CIRCLE, m1=_SQUARE)) is ok
-  assert S.caption_checks(_SCENE, _stated(rel=rel, m0=_CIRCLE, m1=_SQUARE))["relation"] is ok
+  assert shapes_eval.caption_is_satisfied(_SCENE, _stated(rel=rel, m0=_CIRCLE, m1=_SQUARE)) is ok
+  assert shapes_eval.caption_checks(_SCENE, _stated(rel=rel, m0=_CIRCLE,
+                                                    m1=_SQUARE))["relation"] is ok
 
 
 def test_wrong_attributes_fail_their_captions():
   attrs = S.scene_attributes(_SCENE)
-  assert S.caption_is_satisfied(attrs, _stated(bg=2, count=2, m0=(*_CIRCLE[:2], 1, 0)))
-  assert not S.caption_is_satisfied(attrs, _stated(bg=0, m0=_CIRCLE))  # background
-  assert not S.caption_is_satisfied(attrs, _stated(count=1, m0=_CIRCLE))  # count
-  assert not S.caption_is_satisfied(attrs, _stated(m0=(*_CIRCLE[:2], 0, -1)))  # size
-  assert not S.caption_is_satisfied(attrs, _stated(m0=(*_CIRCLE[:3], 4)))  # cell
+  assert shapes_eval.caption_is_satisfied(attrs, _stated(bg=2, count=2, m0=(*_CIRCLE[:2], 1, 0)))
+  assert not shapes_eval.caption_is_satisfied(attrs, _stated(bg=0, m0=_CIRCLE))  # background
+  assert not shapes_eval.caption_is_satisfied(attrs, _stated(count=1, m0=_CIRCLE))  # count
+  assert not shapes_eval.caption_is_satisfied(attrs, _stated(m0=(*_CIRCLE[:2], 0, -1)))  # size
+  assert not shapes_eval.caption_is_satisfied(attrs, _stated(m0=(*_CIRCLE[:3], 4)))  # cell
   # Two mentions need two distinct objects.
-  assert not S.caption_is_satisfied(attrs, _stated(m0=_CIRCLE, m1=_CIRCLE))
-  checks = S.caption_checks(attrs, _stated(m0=(*_CIRCLE[:2], 0, 0)))
+  assert not shapes_eval.caption_is_satisfied(attrs, _stated(m0=_CIRCLE, m1=_CIRCLE))
+  checks = shapes_eval.caption_checks(attrs, _stated(m0=(*_CIRCLE[:2], 0, 0)))
   assert checks == {"obj0_shape": True, "obj0_colour": True, "obj0_size": False,
                     "obj0_cell": True, "all": False}
 
@@ -331,22 +333,22 @@ def test_perturbed_prediction_breaks_stated_colour(seed, k, shift):
       o.cell for o in e["scene"].objects
       if S.SHAPES.index(o.shape) == m0[0] and S.COLOURS.index(o.colour) == m0[1])
   attrs["colour"][cell] = (attrs["colour"][cell] + shift) % len(S.COLOURS)
-  assert not S.caption_is_satisfied(attrs, s), e["captions"][k]
+  assert not shapes_eval.caption_is_satisfied(attrs, s), e["captions"][k]
   attrs = {key: v.copy() for key, v in e["attributes"].items()}
   attrs["present"][cell] = 0
   attrs["shape"][cell] = attrs["colour"][cell] = attrs["size"][cell] = -1
-  assert not S.caption_is_satisfied(attrs, s)
+  assert not shapes_eval.caption_is_satisfied(attrs, s)
 
 
 def test_attribute_accuracy():
   truth = S.scene_attributes(_SCENE)
-  assert S.attribute_accuracy(truth, _SCENE) == {
+  assert shapes_eval.attribute_accuracy(truth, _SCENE) == {
       "present": 1.0, "background": 1.0, "shape": 1.0, "colour": 1.0, "size": 1.0,
       "exact": 1.0}
   pred = {k: v.copy() for k, v in truth.items()}
   pred["colour"][0] = S.COLOURS.index("green")
   pred["present"][8] = 0
   pred["shape"][8] = pred["colour"][8] = pred["size"][8] = -1
-  acc = S.attribute_accuracy(pred, truth)
+  acc = shapes_eval.attribute_accuracy(pred, truth)
   assert acc["present"] == pytest.approx(8 / 9)
   assert acc["colour"] == 0.0 and acc["shape"] == 0.5 and acc["exact"] == 0.0

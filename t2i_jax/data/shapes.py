@@ -16,7 +16,7 @@ Ground-truth attributes (``scene_attributes``), int32 arrays indexed by cell:
     cell.
   * ``background`` []: id into BACKGROUNDS.
 A reader of generated images should predict the same dict (``-1``s for cells it finds
-empty); ``caption_is_satisfied`` and the scoring helpers take it.
+empty); ``t2i_jax.evals.shapes.caption_is_satisfied`` and the scoring helpers take it.
 
 Stated record: every caption comes with an int32 array of length STATED_LEN saying what it
 claims, -1 meaning "not stated":
@@ -25,11 +25,11 @@ claims, -1 meaning "not stated":
   * ``[3:7]`` mention 0 and ``[7:11]`` mention 1, each (shape, colour, size, cell). Every
     mention states shape and colour; size and cell may be -1. An unused mention is all -1.
 Mentions are object descriptions, not cells: "a red circle above a blue square" states two
-mentions without cells plus a relation. A caption is satisfied by predicted attributes when
-the stated background and count match and the mentions can be assigned to *distinct*
-present cells that match every stated field of their mention (and the relation, if any,
-holds between the two cells). Relations compare grid rows/columns strictly: "left of"
-means a smaller column, "above" a smaller row; the other axis is free.
+mentions without cells plus a relation. A caption is satisfied by predicted attributes
+(``t2i_jax.evals.shapes``) when the stated background and count match and the mentions can
+be assigned to *distinct* present cells that match every stated field of their mention (and
+the relation, if any, holds between the two cells). Relations compare grid rows/columns
+strictly: "left of" means a smaller column, "above" a smaller row; the other axis is free.
 
 Splits (``split_sizes``): ``train`` 90%, ``test`` 5%, ``compositional`` 5% of
 ``num_images`` (20,000 by default). HELD_OUT lists 7 of the 40 colour-shape pairs (17.5%;
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -85,7 +85,8 @@ _ALL_PAIRS = tuple(itertools.product(SHAPES, COLOURS))
 _SEEN_PAIRS = tuple(p for p in _ALL_PAIRS if p not in _HELD_OUT_SET)
 
 STATED_LEN = 3 + 4 * MAX_OBJECTS
-_BG, _COUNT, _REL, _M0 = 0, 1, 2, 3
+# Slots of the stated record: background, count, relation, first mention.
+STATED_BG, STATED_COUNT, STATED_REL, STATED_M0 = 0, 1, 2, 3
 
 # Caption vocabulary. Every word is in GloVe 6B (tests/test_shapes.py checks).
 _SHAPE_WORDS = {
@@ -296,7 +297,7 @@ class _Caption:
     """'a big red circle [in the top left]'; size None means include with p=0.6."""
     if size is None:
       size = bool(rng.random() < 0.6)
-    m = _M0 + 4 * self._mentions
+    m = STATED_M0 + 4 * self._mentions
     self._mentions += 1
     self.stated[m] = SHAPES.index(o.shape)
     self.stated[m + 1] = COLOURS.index(o.colour)
@@ -313,11 +314,11 @@ class _Caption:
 
   def cell(self, o: Obj, rng: np.random.Generator) -> str:
     """A position phrase for the most recent mention (which must be ``o``)."""
-    self.stated[_M0 + 4 * (self._mentions - 1) + 3] = o.cell
+    self.stated[STATED_M0 + 4 * (self._mentions - 1) + 3] = o.cell
     return _pick(rng, _CELL_PHRASES[o.cell])
 
   def background(self, scene: Scene, rng: np.random.Generator, phrase: bool = True) -> str:
-    self.stated[_BG] = BACKGROUNDS.index(scene.background)
+    self.stated[STATED_BG] = BACKGROUNDS.index(scene.background)
     bg = _pick(rng, _BG_WORDS[scene.background])
     if not phrase:
       return bg
@@ -326,11 +327,11 @@ class _Caption:
   def relation(self, a: Obj, b: Obj, rng: np.random.Generator) -> str:
     """A relation phrase true for "mention 0 = a, mention 1 = b"."""
     rel = int(_pick(rng, relations_between(a.cell, b.cell)))
-    self.stated[_REL] = rel
+    self.stated[STATED_REL] = rel
     return _pick(rng, _REL_PHRASES[rel])
 
   def count(self, n: int) -> None:
-    self.stated[_COUNT] = n
+    self.stated[STATED_COUNT] = n
 
 
 def _single_caption(template: int, scene: Scene, rng: np.random.Generator) -> _Caption:
@@ -423,135 +424,26 @@ def make_captions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, np.
   return [(c.text, c.stated) for c in caps]
 
 
-# --------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------ stated records
 
 
 def decode_stated(stated: np.ndarray) -> dict:
   """The stated record as names, for reading and debugging."""
   s = np.asarray(stated).reshape(-1)
   name = lambda table, i: None if i < 0 else table[int(i)]
-  mentions = []
-  for k in range(MAX_OBJECTS):
-    m = s[_M0 + 4 * k:_M0 + 4 * k + 4]
-    if (m < 0).all():
-      continue
-    mentions.append({"shape": name(SHAPES, m[0]), "colour": name(COLOURS, m[1]),
-                     "size": name(SIZES, m[2]), "cell": name(CELLS, m[3])})
-  return {"background": name(BACKGROUNDS, s[_BG]),
-          "count": None if s[_COUNT] < 0 else int(s[_COUNT]),
-          "relation": name(RELATIONS, s[_REL]), "mentions": mentions}
+  mentions = [{"shape": name(SHAPES, m[0]), "colour": name(COLOURS, m[1]),
+               "size": name(SIZES, m[2]), "cell": name(CELLS, m[3])}
+              for m in stated_mentions(s)]
+  return {"background": name(BACKGROUNDS, s[STATED_BG]),
+          "count": None if s[STATED_COUNT] < 0 else int(s[STATED_COUNT]),
+          "relation": name(RELATIONS, s[STATED_REL]), "mentions": mentions}
 
 
-def _mentions(stated: np.ndarray) -> list[np.ndarray]:
+def stated_mentions(stated: np.ndarray) -> list[np.ndarray]:
+  """The used mentions of a stated record, each (shape, colour, size, cell) with -1s."""
   s = np.asarray(stated).reshape(-1)
-  out = [s[_M0 + 4 * k:_M0 + 4 * k + 4] for k in range(MAX_OBJECTS)]
+  out = [s[STATED_M0 + 4 * k:STATED_M0 + 4 * k + 4] for k in range(MAX_OBJECTS)]
   return [m for m in out if not (m < 0).all()]
-
-
-def _as_attrs(attrs: Mapping[str, np.ndarray] | Scene) -> dict[str, np.ndarray]:
-  if isinstance(attrs, Scene):
-    return scene_attributes(attrs)
-  return {k: np.asarray(v) for k, v in attrs.items()}
-
-
-def _field_checks(attrs: Mapping[str, np.ndarray], mention: np.ndarray,
-                  cell: int) -> dict[str, bool]:
-  """Which stated fields of ``mention`` hold for the object predicted in ``cell``."""
-  present = bool(attrs["present"][cell])
-  out = {}
-  for f, key in enumerate(("shape", "colour", "size")):
-    if mention[f] >= 0:
-      out[key] = present and int(attrs[key][cell]) == int(mention[f])
-  if mention[3] >= 0:
-    out["cell"] = present and cell == int(mention[3])
-  return out
-
-
-def _candidates(attrs: Mapping[str, np.ndarray], mention: np.ndarray) -> list[int]:
-  cells = range(NUM_CELLS) if mention[3] < 0 else [int(mention[3])]
-  return [c for c in cells
-          if attrs["present"][c] and all(_field_checks(attrs, mention, c).values())]
-
-
-def caption_is_satisfied(attrs_pred: Mapping[str, np.ndarray] | Scene,
-                         stated: np.ndarray) -> bool:
-  """True when every attribute the caption states holds in ``attrs_pred``.
-
-  ``attrs_pred`` has the layout of ``scene_attributes`` (or is a Scene). Mentions must map
-  to distinct present cells matching all their stated fields, with the relation holding.
-  """
-  attrs = _as_attrs(attrs_pred)
-  s = np.asarray(stated).reshape(-1)
-  if s[_BG] >= 0 and int(attrs["background"]) != int(s[_BG]):
-    return False
-  if s[_COUNT] >= 0 and int(np.sum(attrs["present"] > 0)) != int(s[_COUNT]):
-    return False
-  mentions = _mentions(s)
-  for cells in itertools.product(*(_candidates(attrs, m) for m in mentions)):
-    if len(set(cells)) != len(cells):
-      continue
-    if s[_REL] >= 0 and int(s[_REL]) not in relations_between(cells[0], cells[1]):
-      continue
-    return True
-  return False
-
-
-def caption_checks(attrs_pred: Mapping[str, np.ndarray] | Scene,
-                   stated: np.ndarray) -> dict[str, bool]:
-  """Per-attribute verdicts for one caption, for partial credit; keys only for stated items.
-
-  ``background``, ``count``: as stated. ``obj{k}_{shape,colour,size,cell}``: judged on the
-  object of the stated cell if mention k names one, else on the present object matching
-  most of its stated fields (ties: lowest cell). ``relation``: holds between those two
-  objects. ``all``: ``caption_is_satisfied`` (stricter than the conjunction of the rest
-  only in that it searches every assignment).
-  """
-  attrs = _as_attrs(attrs_pred)
-  s = np.asarray(stated).reshape(-1)
-  out: dict[str, bool] = {}
-  if s[_BG] >= 0:
-    out["background"] = int(attrs["background"]) == int(s[_BG])
-  if s[_COUNT] >= 0:
-    out["count"] = int(np.sum(attrs["present"] > 0)) == int(s[_COUNT])
-  chosen: list[int | None] = []
-  for k, m in enumerate(_mentions(s)):
-    if m[3] >= 0:
-      cell = int(m[3])
-    else:
-      present = [c for c in range(NUM_CELLS) if attrs["present"][c]]
-      cell = max(present, key=lambda c: (sum(_field_checks(attrs, m, c).values()), -c),
-                 default=None)
-    chosen.append(cell if cell is not None and attrs["present"][cell] else None)
-    for key in ("shape", "colour", "size", "cell"):
-      if m[("shape", "colour", "size", "cell").index(key)] >= 0:
-        out[f"obj{k}_{key}"] = (cell is not None and
-                                _field_checks(attrs, m, cell).get(key, False))
-  if s[_REL] >= 0:
-    a, b = (chosen + [None, None])[:2]
-    out["relation"] = (a is not None and b is not None and a != b and
-                       int(s[_REL]) in relations_between(a, b))
-  out["all"] = caption_is_satisfied(attrs, s)
-  return out
-
-
-def attribute_accuracy(attrs_pred: Mapping[str, np.ndarray] | Scene,
-                       attrs_true: Mapping[str, np.ndarray] | Scene) -> dict[str, float]:
-  """Scene-level scores: presence over all 9 cells; shape/colour/size over true objects.
-
-  An attribute of a true object counts as wrong if the reader finds the cell empty.
-  ``exact`` is 1.0 only if the whole predicted scene (and background) is right.
-  """
-  p, t = _as_attrs(attrs_pred), _as_attrs(attrs_true)
-  occupied = t["present"] > 0
-  out = {"present": float(np.mean((p["present"] > 0) == occupied)),
-         "background": float(int(p["background"]) == int(t["background"]))}
-  for key in ("shape", "colour", "size"):
-    ok = (p[key] == t[key]) & (p["present"] > 0)
-    out[key] = float(np.mean(ok[occupied])) if occupied.any() else 1.0
-  exact = out["present"] == 1.0 and out["background"] == 1.0 and all(
-      out[k] == 1.0 for k in ("shape", "colour", "size"))
-  out["exact"] = float(exact)
-  return out
 
 
 # --------------------------------------------------------------------------- generation
