@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from t2i_jax import configs, losses, models, train
+from t2i_jax.methods import vae as methods_vae
 from t2i_jax.models import cvae
 
 TINY = {"latent_dim": 4, "text_width": 16, "text_layers": 1, "text_heads": 2, "max_len": 8,
@@ -187,8 +188,8 @@ def test_posterior_kl_uses_the_learned_prior(model_and_params):
   np.testing.assert_allclose(got, want, rtol=1e-6)
   standard = losses.gaussian_kl(out["mean"], out["logvar"])
   assert not np.allclose(got, standard)
-  _, metrics = losses.compute_loss({"loss": "cvae", "kl_weight": 1.0}, out,
-                                   {"image": image})
+  _, metrics = losses.cvae_loss(out["recon"], image, out["mean"], out["logvar"],
+                                out["prior_mean"], out["prior_logvar"], kl_weight=1.0)
   np.testing.assert_allclose(metrics["kl"], np.mean(want), rtol=1e-5)
 
 
@@ -289,7 +290,7 @@ class CvaeLossTest(chex.TestCase):
 def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   # The trainer's init is the paper models' business (tests/test_train.py); numpy params
   # skip compiling the CVAE's (see _random_params), everything else runs for real.
-  monkeypatch.setattr(train, "_init_params",
+  monkeypatch.setattr(methods_vae, "_init_params",
                       lambda model, rngs, text, image: _random_params(model, text, image))
   c = configs.base_config()
   c.dataset = "shapes"
@@ -300,7 +301,6 @@ def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   c.remove_stopwords = False
   c.model = "cvae"
   c.model_kwargs = dict(TINY, gsnn=True)
-  c.loss = "cvae"
   c.gsnn_weight = 0.5
   c.kl_weight = 0.1
   c.kl_warmup_steps = 4

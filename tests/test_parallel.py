@@ -78,8 +78,8 @@ _SCRIPT = textwrap.dedent("""
     # slices of make_dataset put side by side are the single-process batches.
     whole = next(pipeline.make_dataset(table, batch_size=B, seed=0, chunk=5).as_numpy_iterator())
     perm = pipeline.epoch_permutation(N, 0, 0)[: (N // B) * B].reshape(-1, B)
-    gathered = jax.device_get(train._gather_batches(train.device_table(table, mesh4),
-                                                    perm[:5].astype(np.int32)))
+    gathered = jax.device_get(pipeline.gather_pairs(train.device_table(table, mesh4),
+                                                   perm[:5].astype(np.int32)))
     out["tf_matches_device"] = all(np.array_equal(whole[k], gathered[k]) for k in whole)
     halves = [next(pipeline.make_dataset(table, batch_size=B, seed=0, chunk=5, process_index=p,
                                          process_count=2).as_numpy_iterator()) for p in range(2)]

@@ -20,7 +20,7 @@ from PIL import Image
 from t2i_jax import checkpoint, cli, sample
 from t2i_jax.data import pipeline
 from t2i_jax.errors import UserError
-from t2i_jax.models import paper
+from t2i_jax.methods import paper_vae, vae
 
 import tiny_runs
 
@@ -136,19 +136,27 @@ def test_captions_are_encoded_as_in_training(gen):
                                 table.text[:3])
 
 
-class _TemperatureVAE(paper.PaperVAE):
-  """A stand-in future model whose generate takes a temperature (it paints it)."""
+@dataclasses.dataclass(frozen=True)
+class _TemperatureMethod(paper_vae.PaperVAEMethod):
+  """A stand-in family whose generate takes a temperature (it paints it)."""
 
-  def generate(self, text, rng=None, sample_latent=True, temperature=1.0):
-    image = super().generate(text, rng, sample_latent)
-    return image * 0.0 + temperature
+  def default_options(self, config):
+    return dict(super().default_options(config), temperature=float(config.sample_temperature))
+
+  def check_options(self, options):
+    options = super().check_options(options)
+    options["temperature"] = vae.check_temperature(options["temperature"])
+    return options
+
+  def generate(self, params, text, mask, keys, frozen=None, *, temperature=1.0, **options):
+    return super().generate(params, text, mask, keys, frozen, **options) * 0.0 + temperature
 
 
 def test_temperature_reaches_models_that_accept_it(gen):
   with pytest.raises(UserError, match="has no sampling temperature"):
     sample.generate(gen, CAPTIONS, 1, temperature=0.5)
-  kwargs = {k: getattr(gen.model, k) for k in ("hidden_dim", "latent_dim", "decoder_dims")}
-  warm = dataclasses.replace(gen, model=_TemperatureVAE(**kwargs))
+  fields = {f.name: getattr(gen.method, f.name) for f in dataclasses.fields(gen.method)}
+  warm = dataclasses.replace(gen, method=_TemperatureMethod(**fields))
   assert np.all(sample.generate(warm, CAPTIONS, 2, temperature=0.5) == 128)
   # No temperature given: the run's config.sample_temperature (1 when a run has none).
   assert np.all(sample.generate(warm, CAPTIONS, 1) == 255)
