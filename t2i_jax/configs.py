@@ -211,6 +211,27 @@ def _coerce_scalar(kind: type, value: Any) -> Any:
   raise ValueError(repr(value))
 
 
+def _coerce_like(example: Any, value: Any) -> Any:
+  """``value`` (parsed by literal_eval) checked and converted to the type of ``example``.
+
+  Sequences nest: a homogeneous sequence converts every item like its first item; a mixed
+  one, such as a ("model1", 64, 16) row, converts position by position.
+  """
+  if isinstance(example, (tuple, list)):
+    if not isinstance(value, (tuple, list)):
+      raise ValueError(repr(value))
+    if example and len({type(x) for x in example}) > 1:
+      if len(value) != len(example):
+        raise ValueError(repr(value))
+      items = [_coerce_like(e, v) for e, v in zip(example, value)]
+    elif example:
+      items = [_coerce_like(example[0], v) for v in value]
+    else:
+      items = list(value)
+    return tuple(items) if isinstance(example, tuple) else items
+  return _coerce_scalar(type(example), value)
+
+
 def _parse_sequence(current: Sequence[Any], text: str) -> tuple | list:
   stripped = text.strip()
   if stripped[:1] in "([":
@@ -221,10 +242,7 @@ def _parse_sequence(current: Sequence[Any], text: str) -> tuple | list:
     items = []
   else:
     items = [_literal(s.strip()) for s in stripped.split(",") if s.strip()]
-  if current:
-    kind = type(current[0])
-    items = [_coerce_scalar(kind, v) for v in items]
-  return tuple(items) if isinstance(current, tuple) else list(items)
+  return _coerce_like(current, items)
 
 
 def parse_value(current: Any, text: str) -> Any:

@@ -293,3 +293,14 @@ def test_experiment_configs_and_main(tmp_path, capsys):
   assert "python -m experiments.model1" in doc
   assert "Expected result" in doc and "Run time" in doc and "TBD" not in doc
   assert sys.modules["experiments.model1"] is model1
+
+
+def test_overrides_take_nested_and_mixed_sequences():
+  from experiments import bench_train  # pylint: disable=import-outside-toplevel
+  c = configs.apply_overrides(bench_train.get_config(),
+                              ['--config.rows=(("model1", 64, 16), ("cvae", 8, 1))'])
+  assert c.rows == (("model1", 64, 16), ("cvae", 8, 1))
+  with pytest.raises(UserError, match="--config.rows: expected tuple of tuple"):
+    configs.apply_overrides(bench_train.get_config(), ['--config.rows=(("model1", "x", 16),)'])
+  with pytest.raises(UserError, match="--config.rows"):
+    configs.apply_overrides(bench_train.get_config(), ['--config.rows=(("model1", 64),)'])
