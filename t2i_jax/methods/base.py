@@ -72,9 +72,17 @@ class Method:
     return dict(options)
 
   def load_frozen(self, config: ml_collections.ConfigDict) -> Params | None:
-    """The frozen params this run needs (a first stage from another workdir), or None."""
-    del config
-    return None
+    """The frozen params this run needs, or None: by default {'params': ...} of the run in
+    ``config.first_stage_workdir`` (its EMA when it kept one) when that is set.
+
+    The trainer calls this once, stores the result in WORKDIR/frozen and restores it from
+    there on resume, so a run never silently picks up a retrained first stage.
+    """
+    if not config.first_stage_workdir:
+      return None
+    from t2i_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    _, params, _ = checkpoint.restore_for_inference(config.first_stage_workdir)
+    return {"params": params}
 
   def default_options(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The run's own sampling options: the config values named by SAMPLE_OPTIONS."""
