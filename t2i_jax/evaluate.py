@@ -236,15 +236,14 @@ class Source:
   random: bool  # True: scored for every seed; False: once
 
 
-def _model_source(name: str, gen, text: np.ndarray, temperature: float | None = None
-                  ) -> Source:
+def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any]) -> Source:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   cache: dict[int, np.ndarray] = {}
 
   def images(seed: int) -> np.ndarray:
     if seed not in cache:
-      cache[seed] = sample.generate_from_tensors(gen, text, 1, seed,
-                                                 temperature=temperature)[:, 0]
+      cache[seed] = sample.draw(gen.method, gen.params, gen.frozen, text, n=1, seed=seed,
+                                options=options)[:, 0]
     return cache[seed]
 
   return Source(name, images, random=True)
@@ -361,12 +360,13 @@ class Evaluator(Protocol):
 
 def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seeds: int,
                      baseline=None, out_dir: Path, progress: bool = True,
-                     temperature: float | None = None) -> tuple[list[dict], dict]:
+                     options: Mapping[str, Any] | None = None) -> tuple[list[dict], dict]:
   """Scores the run's model, the baselines and the real images with ``evaluator``.
 
   Per split: the first ``num`` eligible pairs of a fixed random order, the same for every
   source; every random source is scored for ``seeds`` seeds, a deterministic one once; a
   grid of the first captions' images goes to ``out_dir/<dataset>_<split>.png``.
+  ``options`` are the run's checked sampling options (default: the run's own).
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -378,7 +378,8 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
     pool = evaluator.eligible(table)
     idx = pool[_subset(len(pool), num)]
     real = table.images[table.image_index[idx]]
-    sources = [_model_source(gen.config.model, gen, table.text[idx], temperature)]
+    sources = [_model_source(gen.config.model, gen, table.text[idx],
+                             gen.default_options() if options is None else options)]
     sources += _baseline_sources(train, baseline, table, idx)
     sources.append(_fixed_source("real", real))
     results += evaluator.begin_split(split, table, idx, real)
@@ -408,11 +409,11 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
                  num: int | None = DEFAULT_NUM, seeds: int = DEFAULT_SEEDS,
                  baseline_workdir: str | Path | None = None, data_dir: str | None = None,
                  reader=None, dual=None, progress: bool = True,
-                 temperature: float | None = None) -> dict[str, Any]:
+                 **options: Any) -> dict[str, Any]:
   """Scores the run in ``workdir``; writes the JSON (default W/eval/results.json) and grids.
 
-  ``temperature`` scales the prior's std when the run's model samples z (None: the run's
-  ``config.sample_temperature``); baselines sample at their own defaults.
+  ``options`` are the family's sampling options (temperature, guidance, steps, ...; None or
+  left out: the run's own); baselines sample at their own defaults.
 
   ``reader`` / ``dual`` replace the cached scene reader / dual encoder (tests pass tiny
   ones).
@@ -428,9 +429,9 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   baseline = None
   if baseline_workdir:
     bgen = sample.load_generator(baseline_workdir)
-    if bgen.config.get("dataset", "shapes") != config.get("dataset", "shapes"):
-      raise UserError(f"the baseline run is on {bgen.config.get('dataset')}, the run on "
-                      f"{config.get('dataset')}; evaluate runs of the same dataset.")
+    if bgen.config.dataset != config.dataset:
+      raise UserError(f"the baseline run is on {bgen.config.dataset}, the run on "
+                      f"{config.dataset}; evaluate runs of the same dataset.")
     bgen = dataclasses.replace(bgen, config=_override_data_dir(bgen.config, data_dir))
     name = bgen.config.model
     if name == gen.config.model:
@@ -438,15 +439,15 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
     baseline = _Baseline(gen=bgen, name=name)
   common.host_only_tensorflow()
   out_dir = gen.workdir / "eval"
-  dataset = config.get("dataset", "shapes")
-  temperature = sample.default_temperature(gen) if temperature is None else float(temperature)
+  dataset = config.dataset
+  options = sample.resolve_options(gen.method, gen.config, options)
   results, meta = evaluate_dataset(
       _evaluator(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
       num=num, seeds=seeds, baseline=baseline, out_dir=out_dir, progress=progress,
-      temperature=temperature)
+      options=options)
   report = {
       "workdir": str(gen.workdir), "step": gen.step, "dataset": dataset,
-      "model": gen.config.model, "seeds": seeds, "num": num, "temperature": temperature,
+      "model": gen.config.model, "seeds": seeds, "num": num, "options": options,
       "baseline_workdir": str(baseline_workdir) if baseline_workdir else None,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       **meta, "results": results,

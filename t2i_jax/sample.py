@@ -75,6 +75,8 @@ def load_generator(workdir: str | Path) -> Generator:
     raise UserError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
   if not path.is_dir():
     raise UserError(f"workdir {workdir} is not a folder; pass the --workdir of a training run.")
+  from t2i_jax.train import stages  # pylint: disable=import-outside-toplevel
+  path = stages.resolve_run_dir(path)  # a multi-stage run samples from its final stage
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)  # Orbax notes that a read-only reader is read-only

@@ -384,7 +384,7 @@ def test_evaluate_command(shapes_run, tiny_reader, monkeypatch, capsys):
   assert out[-1] == str(path)
   assert out[0].split() == ["split", "metric", "n", "model1", "mean_image", "retrieval", "real"]
   report = json.loads(path.read_text())
-  assert report["temperature"] == 1.0  # the run's model has none: the only value it takes
+  assert report["options"] == {"sample_latent": True}  # model1 has no other sampling option
   assert {r["n"] for r in report["results"] if r["name"] == "all_stated_correct"} == {4}
   assert cli.main(["evaluate", "--workdir", str(shapes_run["workdir"]), "--num", "4",
                    "--seeds", "1", "--long"]) == 0

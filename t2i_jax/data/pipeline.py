@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from t2i_jax import configs
 from t2i_jax.data import common, integrity
 from t2i_jax.errors import UserError
 
@@ -25,7 +26,8 @@ NUMERIC_KEYS = ("image", "text", "mask")
 
 
 def caption_spec(config) -> common.CaptionSpec:
-  """The caption spec named by an experiment config."""
+  """The caption spec named by an experiment config (missing keys: their defaults)."""
+  config = configs.complete(config)
   return common.CaptionSpec(
       glove=config.glove or None,
       mode=config.caption_mode,
@@ -38,6 +40,7 @@ def caption_spec(config) -> common.CaptionSpec:
 def get_builder(config):
   """The TFDS builder (not necessarily prepared) for an experiment config."""
   common.quiet_tensorflow()
+  config = configs.complete(config)
   name = config.dataset
   data_dir = config.data_dir or common.default_data_dir()
   spec = caption_spec(config)
@@ -60,6 +63,7 @@ def is_prepared(builder) -> bool:
 
 def ensure_prepared(config, builder=None):
   """Prepares shapes on first use; for Flickr8k asks for `t2i prepare` unless a manual dir is set."""
+  config = configs.complete(config)
   builder = builder or get_builder(config)
   if is_prepared(builder):
     return builder
@@ -79,6 +83,7 @@ def split_request(config, role: str) -> tuple[list[str], Any]:
   Flickr8k is stored once, by official image split (``train``/``dev``/``test``/``unlisted``);
   the paper split is a filter on the caption index (#4 is test, #0-3 train) over all of them.
   """
+  config = configs.complete(config)
   if config.dataset != "flickr8k":
     return [role], None
   scheme = config.split_scheme
@@ -212,6 +217,7 @@ def _utf8(values: np.ndarray) -> np.ndarray:
 
 def load_table(config, role: str, builder=None) -> Table:
   """Reads one split (role) of the prepared dataset named by ``config`` into memory."""
+  config = configs.complete(config)
   builder = builder or ensure_prepared(config)
   splits, pair_filter = split_request(config, role)
   available = set(builder.info.splits.keys())

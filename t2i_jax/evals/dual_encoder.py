@@ -257,11 +257,11 @@ def get_dual_encoder(config: ml_collections.ConfigDict, train_if_missing: bool =
   second read when the caller has it.
   """
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  if config.get("dataset", "shapes") != "flickr8k":
+  if config.dataset != "flickr8k":
     raise UserError("the dual encoder is for Flickr8k runs; shapes runs use the scene reader.")
   if table is None:
     table = pipeline.load_table(official_config(config), "train")
-  data = data_key(table.image_ids, len(table), config.get("image_mode", "paper"))
+  data = data_key(table.image_ids, len(table), config.image_mode)
   directory = cache_dir(cfg, data)
   cached = aux_net.load_params(directory)
   if cached is None:

@@ -49,7 +49,7 @@ class Flickr8kEvaluator:
     # included: retrieval (like any model that memorises) can then return the test image.
     self.leaky = ("retrieved images are the dual encoder's own training images: "
                   "R-precision inflated")
-    if config.get("split_scheme", "paper") == "paper":
+    if config.split_scheme == "paper":
       self.leaky += "; the retrieval pool holds captions #0-3 of the test images (paper split)"
     return []
 

@@ -14,6 +14,7 @@ from t2i_jax import configs
 from t2i_jax.errors import UserError
 from t2i_jax.train.loop import train_and_evaluate
 from t2i_jax.train.signals import TrainingInterrupted
+from t2i_jax.train.stages import train_stages
 
 
 def split_workdir(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -86,7 +87,11 @@ def main_from_module(get_config: Callable[[], ml_collections.ConfigDict],
 
   def body():
     workdir, overrides = split_workdir(argv)
-    train_and_evaluate(configs.apply_overrides(get_config(), overrides), workdir)
+    config = configs.apply_overrides(get_config(), overrides)
+    if "stages" in config:  # several stages, each a trainer config (train.stages)
+      train_stages(config, workdir)
+    else:
+      train_and_evaluate(config, workdir)
 
   return run_main(body)
 
