@@ -220,17 +220,13 @@ def _assert_same(builder, ref) -> None:
 
 @pytest.fixture(scope="module")
 def shapes_ref(tmp_path_factory):
-  """An uninterrupted `t2i prepare shapes` of 40 images: its records and tables."""
+  """An uninterrupted `t2i prepare shapes` of 40 images: records, tables, writing time."""
   base = tmp_path_factory.mktemp("faults_shapes")
   with pytest.MonkeyPatch.context() as mp:  # what conftest sets, for a module-scoped fixture
     mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    t0 = time.monotonic()
-    assert cli.main(["prepare", "shapes", *SHAPES_ARGS, "--data-dir", str(base / "tfds")]) == 0
-    seconds = time.monotonic() - t0
     config = _shapes_config(base / "tfds")
-    builder = pipeline.get_builder(config)
-    yield {"data_dir": base / "tfds", "config": config, "builder": builder,
-           "records": _records(builder), "tables": _tables(config), "seconds": seconds}
+    argv = ["prepare", "shapes", *SHAPES_ARGS, "--data-dir", str(base / "tfds")]
+    yield _reference(argv, config)
 
 
 def _copy_ref(ref, tmp_path: Path):
@@ -333,20 +329,51 @@ def test_a_folder_without_dataset_info_is_rebuilt_not_reused(shapes_ref, tmp_pat
 # ------------------------------------------------------------------- killed prepares
 
 
-def _kill_during(argv: list[str], trigger: Path, delay: float, log: Path) -> bool:
-  """Runs `t2i ARGV` and SIGKILLs its process group ``delay`` s after ``trigger`` appears.
+def _paths(config) -> tuple[Path, Path]:
+  """The prepare lock and the version folder of the dataset of ``config``."""
+  builder = pipeline.get_builder(config)
+  return Path(builder.data_dir).parent / prepare.LOCK_NAME, Path(builder.data_dir)
 
-  ``trigger`` is the dataset's folder, made just before generation starts (the seconds
-  before it are imports). Returns True if the kill landed while it ran.
+
+def _incomplete(config_dir: Path) -> set[Path]:
+  """TFDS's folders of versions being written: a prepare's, or a --force rebuild's."""
+  for _ in range(100):
+    try:
+      return set(config_dir.glob(prepare.INCOMPLETE_PREFIX + "*")) | set(
+          config_dir.glob(f"{prepare.REBUILD_PREFIX}*/*/*/{prepare.INCOMPLETE_PREFIX}*"))
+    except FileNotFoundError:  # a folder removed while we list it: look again
+      time.sleep(0.001)
+  raise AssertionError(f"cannot list {config_dir}")
+
+
+def _kill(argv: list[str], config, log: Path, delay: float | None,
+          trigger: str = "start") -> tuple[bool, dict]:
+  """Runs `t2i ARGV` in a new process group and SIGKILLs it ``delay`` s (None: never) after
+  ``trigger``: "start", when it has made its own incomplete.* folder (what comes before is
+  imports), or "shard", when the first TFRecord file appears
+  in that folder (TFDS generates in memory, then writes every file within a fraction of a
+  second and renames the folder). Returns whether the kill landed while it ran, and the
+  seconds from each trigger to the rename that completes the dataset.
   """
-  with open(log, "w") as err:
-    proc = subprocess.Popen([sys.executable, "-m", "t2i_jax.cli", *argv], stdout=err,
-                            stderr=err, start_new_session=True)
-  deadline = time.monotonic() + 120
-  while not trigger.exists() and proc.poll() is None:
-    assert time.monotonic() < deadline, "the prepare never started writing"
-    time.sleep(0.01)
-  time.sleep(delay)
+  _, version = _paths(config)
+  old, new, t = _incomplete(version.parent), set(), {}  # leftovers of earlier kills
+  with open(log, "w") as out:
+    proc = subprocess.Popen([sys.executable, "-m", "t2i_jax.cli", *argv], stdout=out,
+                            stderr=out, start_new_session=True)
+  deadline = time.monotonic() + 180
+  while proc.poll() is None:
+    now = time.monotonic()
+    assert now < deadline, "the prepare did not finish in 180 s"
+    new = new or _incomplete(version.parent) - old
+    if new and "start" not in t:
+      t["start"] = now
+    if new and "shard" not in t and any(any(q.glob("*.tfrecord*")) for q in new):
+      t["shard"] = now
+    if delay is not None and trigger in t and now - t[trigger] >= delay:
+      break
+    if new and "done" not in t and (version / "dataset_info.json").exists():
+      t["done"] = now
+    time.sleep(0.002)
   killed = proc.poll() is None
   try:
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the prepare and any worker it has
@@ -355,43 +382,65 @@ def _kill_during(argv: list[str], trigger: Path, delay: float, log: Path) -> boo
   proc.wait()
   if not killed:
     assert proc.returncode == 0, log.read_text()[-3000:]
-  return killed
+  done = t.get("done", time.monotonic())
+  return killed, {k: done - v for k, v in t.items() if k != "done"}
 
 
-def _kill_points(name: str, argv: list[str], config, ref, tmp_path: Path, points: int,
-                 seed: int, window: float, force_every: int = 0) -> dict:
+def _reference(argv: list[str], config) -> dict:
+  """An uninterrupted `t2i ARGV` (in this process): its records, tables and writing time."""
+  import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  import tensorflow_datasets  # pylint: disable=import-outside-toplevel,unused-import
+  t0 = time.monotonic()
+  assert cli.main(argv) == 0
+  seconds = time.monotonic() - t0
+  return {"config": config, "data_dir": Path(config.data_dir), "argv": argv,
+          "records": _records(pipeline.get_builder(config)), "tables": _tables(config),
+          "seconds": seconds}
+
+
+def _kill_points(argv: list[str], config, ref, tmp_path: Path, points: int, seed: int,
+                 force_every: int = 0, calibrate: bool = False) -> dict:
   """``points`` seeded random SIGKILLs of `t2i ARGV`, each checked, then a finishing rerun.
 
-  After every kill the dataset is not prepared and has no version folder (nothing partial
-  is visible), or it is prepared and equal to ``ref`` record by record. A dataset that a kill
-  missed (it had finished) is deleted so the next kill meets a prepare again; every
-  ``force_every``-th point instead kills `--force` over a complete dataset, which must stay
-  complete and equal.
+  Kill points alternate between two triggers (see ``_kill``): "shard", uniformly within
+  1.5 times the time from the first TFRecord file to the rename (0.2 s, or measured), and
+  "start", uniformly within 1.15 times the time from the incomplete.* folder to the rename
+  (the in-process reference's plus 0.5 s, or measured). ``calibrate`` measures both on an
+  uninterrupted run of the command first.
   """
   rng = random.Random(seed)
   data_dir = Path(config.data_dir)
-  stats = {"tried": 0, "killed": 0, "incomplete": 0, "force": 0}
+  stats = {"tried": 0, "killed": 0, "killed_while_writing": 0, "force": 0, "shard": 0,
+           "start": 0}
+  window = {"start": ref["seconds"] + 0.5, "shard": 0.2 / 1.5}
+  if calibrate:
+    killed, window = _kill(argv, config, tmp_path / "calibrate.log", None)
+    assert not killed and window.keys() == {"start", "shard"}, window
+    _assert_same(pipeline.get_builder(config), ref["records"])
+    shutil.rmtree(data_dir)
   for i in range(points):
     force = bool(force_every) and i % force_every == force_every - 1
-    builder = pipeline.get_builder(config)
-    if force and not builder.is_prepared():
+    if force and not pipeline.get_builder(config).is_prepared():
       assert cli.main(argv) == 0
-    trigger = (data_dir / name / builder.builder_config.name / prepare.LOCK_NAME if force
-               else data_dir / name)
-    delay = rng.uniform(0.0, window)
-    killed = _kill_during(argv + (["--force"] if force else []), trigger, delay,
-                          tmp_path / f"kill{i}.log")
+    trigger = "shard" if i % 2 == 0 else "start"
+    scale = 1.5 if trigger == "shard" else 1.15
+    delay = rng.uniform(0.0, scale * window[trigger])
+    stats[trigger] += 1
+    killed, _ = _kill(argv + (["--force"] if force else []), config, tmp_path / f"kill{i}.log",
+                      delay, trigger)
     stats["tried"] += 1
     stats["killed"] += killed
     stats["force"] += force
     builder = pipeline.get_builder(config)
     if builder.is_prepared():
       _assert_same(builder, ref["records"])
-      if not force:
+      if force:
+        stats["killed_while_writing"] += killed and delay < window[trigger]
+      else:
         shutil.rmtree(data_dir)
     else:
       assert not force, f"--force killed after {delay:.2f} s lost the old dataset"
-      stats["incomplete"] += 1
+      stats["killed_while_writing"] += 1
       assert not Path(builder.data_dir).exists(), f"partial version folder after {delay:.2f} s"
   assert cli.main(argv) == 0  # the same command again finishes it
   builder = pipeline.get_builder(config)
@@ -400,40 +449,36 @@ def _kill_points(name: str, argv: list[str], config, ref, tmp_path: Path, points
   leftovers = [p.name for p in Path(builder.data_dir).parent.iterdir()
                if p.name.startswith((prepare.INCOMPLETE_PREFIX, prepare.REBUILD_PREFIX))]
   assert not leftovers
-  print(f"{name}: {stats}")
+  print(f"{argv[1]} kill points: {stats} (from start / first shard to complete: "
+        f"{window['start']:.2f} s / {window['shard']:.2f} s)")
   return stats
 
 
 @pytest.fixture(scope="module")
 def flickr_ref(tmp_path_factory):
+  """An uninterrupted `t2i prepare flickr8k` of the fixture corpus."""
   base = tmp_path_factory.mktemp("faults_flickr8k")
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("T2I_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     src = fx.make_official_unzipped(base / "src")
-    t0 = time.monotonic()
-    assert cli.main(["prepare", "flickr8k", "--manual-dir", str(src), "--workers", "1",
-                     "--data-dir", str(base / "tfds")]) == 0
-    seconds = time.monotonic() - t0
-    config = _flickr_config(base / "tfds", src)
-    builder = pipeline.get_builder(config)
-    yield {"src": src, "records": _records(builder), "tables": _tables(config),
-           "seconds": seconds}
+    argv = ["prepare", "flickr8k", "--manual-dir", str(src), "--workers", "1",
+            "--data-dir", str(base / "tfds")]
+    yield {**_reference(argv, _flickr_config(base / "tfds", src)), "src": src}
 
 
-def _shapes_kills(shapes_ref, tmp_path, points, seed, force_every):
+def _shapes_kills(shapes_ref, tmp_path, points, seed, force_every, calibrate=False):
   data_dir = tmp_path / "tfds"
   argv = ["prepare", "shapes", *SHAPES_ARGS, "--data-dir", str(data_dir)]
-  return _kill_points("shapes", argv, _shapes_config(data_dir), shapes_ref, tmp_path, points,
-                      seed, window=1.5 * shapes_ref["seconds"] + 0.3, force_every=force_every)
+  return _kill_points(argv, _shapes_config(data_dir), shapes_ref, tmp_path, points, seed,
+                      force_every, calibrate)
 
 
-def _flickr_kills(flickr_ref, tmp_path, points, seed):
+def _flickr_kills(flickr_ref, tmp_path, points, seed, calibrate=False):
   data_dir = tmp_path / "tfds"
   argv = ["prepare", "flickr8k", "--manual-dir", str(flickr_ref["src"]), "--workers", "1",
           "--data-dir", str(data_dir)]
-  return _kill_points("flickr8k", argv, _flickr_config(data_dir, flickr_ref["src"]),
-                      flickr_ref, tmp_path, points, seed,
-                      window=1.5 * flickr_ref["seconds"] + 0.3)
+  return _kill_points(argv, _flickr_config(data_dir, flickr_ref["src"]), flickr_ref,
+                      tmp_path, points, seed, calibrate=calibrate)
 
 
 def test_killed_shapes_prepare_reruns_to_the_same_records(shapes_ref, tmp_path, capsys):
@@ -455,7 +500,25 @@ def test_many_kill_points(dataset, request, tmp_path):
   if not points:
     pytest.skip("set T2I_KILL_POINTS=N to try N kill points per dataset")
   if dataset == "shapes":
-    stats = _shapes_kills(request.getfixturevalue("shapes_ref"), tmp_path, points, 1400, 3)
+    stats = _shapes_kills(request.getfixturevalue("shapes_ref"), tmp_path, points, 1400, 3,
+                          calibrate=True)
   else:
-    stats = _flickr_kills(request.getfixturevalue("flickr_ref"), tmp_path, points, 1400)
+    stats = _flickr_kills(request.getfixturevalue("flickr_ref"), tmp_path, points, 1400,
+                          calibrate=True)
   assert stats["tried"] == points
+
+
+def test_force_rebuilds_flickr8k_with_its_log_in_place(flickr_ref, tmp_path, capsys):
+  """The rebuilt dataset's metadata names its prepare log where it ends up, not the
+  temporary folder it was written in."""
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(flickr_ref["data_dir"], data_dir)
+  config = _flickr_config(data_dir, flickr_ref["src"])
+  assert cli.main(["prepare", "flickr8k", "--manual-dir", str(flickr_ref["src"]), "--workers",
+                   "1", "--data-dir", str(data_dir), "--force"]) == 0
+  capsys.readouterr()
+  builder = pipeline.get_builder(config)
+  _assert_same(builder, flickr_ref["records"])
+  log = Path(builder.info.metadata["log"])
+  assert log.parent == Path(builder.data_dir).parent and log.is_file()
+  assert sorted(p.name for p in log.parent.iterdir()) == ["1.0.0", "prepare_log.tsv"]

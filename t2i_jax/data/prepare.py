@@ -67,11 +67,31 @@ def reload(builder, data_dir=None):
                        data_dir=str(data_dir or builder.data_dir_root))
 
 
-def _remove_leftovers(config_dir: Path) -> None:
+def _leftovers(config_dir: Path) -> list[Path]:
   """Folders of prepares that were killed: TFDS's incomplete.* and our .rebuild-*."""
-  for p in config_dir.iterdir() if config_dir.is_dir() else ():
-    if p.is_dir() and p.name.startswith((INCOMPLETE_PREFIX, REBUILD_PREFIX)):
-      shutil.rmtree(p, ignore_errors=True)
+  return [p for p in (config_dir.iterdir() if config_dir.is_dir() else ())
+          if p.is_dir() and p.name.startswith((INCOMPLETE_PREFIX, REBUILD_PREFIX))]
+
+
+def _remove_leftovers(config_dir: Path) -> None:
+  """Removes them; only while holding the prepare lock (no prepare is writing them)."""
+  for p in _leftovers(config_dir):
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def _tidy(config_dir: Path) -> None:
+  """Removes leftovers next to a prepared dataset if no other prepare is running now."""
+  if not _leftovers(config_dir):
+    return
+  lock = workdir_lock.FileLock(config_dir / LOCK_NAME)
+  try:
+    lock.acquire()
+  except (workdir_lock.FileLock.Busy, OSError):
+    return  # being written (e.g. a --force rebuild), or a read-only data dir
+  try:
+    _remove_leftovers(config_dir)
+  finally:
+    lock.release()
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -153,6 +173,7 @@ def prepare(builder, manual_dir: str | None = None, quiet: bool = False,
             force: bool = False) -> dict[str, Any]:
   """Prepares ``builder`` if needed (always with ``force``); returns (and prints) the summary."""
   if builder.is_prepared() and not force:
+    _tidy(Path(builder.data_dir).parent)
     s = summary(builder)
     if not quiet:
       print("Already prepared (nothing to do).")
