@@ -277,7 +277,8 @@ def _baseline_sources(train, baseline, idx_table, idx) -> list[Source]:
   sources.append(_fixed_source("retrieval", train.images[train.image_index[nearest]]))
   if baseline is not None:
     sources.append(_model_source(baseline.name, baseline.gen,
-                                 _baseline_text(baseline.gen, idx_table.captions[idx])))
+                                 _baseline_text(baseline.gen, idx_table.captions[idx]),
+                                 baseline.gen.default_options()))
   return sources
 
 
@@ -402,7 +403,11 @@ def _evaluator(dataset: str, reader=None, dual=None, progress: bool = True) -> E
   if dataset == "flickr8k":
     from t2i_jax.evals.flickr8k import Flickr8kEvaluator
     return Flickr8kEvaluator(dual=dual, progress=progress)
-  raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes or flickr8k runs.")
+  if dataset == "folder":
+    from t2i_jax.evals.flickr8k import FolderEvaluator
+    return FolderEvaluator(dual=dual, progress=progress)
+  raise UserError(f"no metrics for dataset {dataset!r}; evaluate shapes, flickr8k or folder "
+                  "runs.")
 
 
 def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,

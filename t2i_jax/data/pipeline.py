@@ -53,7 +53,12 @@ def get_builder(config):
     from t2i_jax.data import flickr8k  # pylint: disable=import-outside-toplevel
     return flickr8k.make_builder(spec, data_dir=data_dir,
                                  image_mode=config.image_mode)
-  raise UserError(f"Unknown dataset {name!r}; use 'shapes' or 'flickr8k'.")
+  if name == "folder":
+    from t2i_jax.data import folder  # pylint: disable=import-outside-toplevel
+    return folder.make_builder(spec, config.manual_dir, data_dir=data_dir,
+                               image_mode=config.image_mode,
+                               test_fraction=config.folder_test_fraction)
+  raise UserError(f"Unknown dataset {name!r}; use 'shapes', 'flickr8k' or 'folder'.")
 
 
 def is_prepared(builder) -> bool:
@@ -62,7 +67,8 @@ def is_prepared(builder) -> bool:
 
 
 def ensure_prepared(config, builder=None):
-  """Prepares shapes on first use; for Flickr8k asks for `t2i prepare` unless a manual dir is set."""
+  """Prepares shapes and a captioned folder (its manual dir) on first use; for Flickr8k asks
+  for `t2i prepare` unless a manual dir is set."""
   config = configs.complete(config)
   builder = builder or get_builder(config)
   if is_prepared(builder):
@@ -139,6 +145,10 @@ def pair_columns(table: Table) -> dict[str, np.ndarray]:
   return data
 
 
+def _index(values: Any, i: Any) -> Any:
+  return values[i]
+
+
 def gather_pairs(columns: Mapping[str, Any], idx: Any, take=None) -> dict[str, Any]:
   """Pair indices (any shape, e.g. [B] or [K, B]) -> the batch {image, text[, mask]}.
 
@@ -146,7 +156,7 @@ def gather_pairs(columns: Mapping[str, Any], idx: Any, take=None) -> dict[str, A
   in tf.data (``take=tf.gather``). ``columns`` is ``pair_columns(table)`` or a copy of it.
   """
   if take is None:
-    take = lambda values, i: values[i]  # pylint: disable=unnecessary-lambda-assignment
+    take = _index
   out = {"image": take(columns["images"], take(columns["image_index"], idx)),
          "text": take(columns["text"], idx)}
   if "mask" in columns:
