@@ -1,0 +1,361 @@
+"""Stage 2 of the latent flow family: text-conditioned rectified flow in a frozen VAE latent.
+
+Convention (that of SD3 / "rectified flow"; t = 0 is data, t = 1 is noise):
+
+  x_t = (1 - t) * x0 + t * eps,   eps ~ N(0, I),   target velocity v = dx_t/dt = eps - x0.
+
+``x0`` is the stage-1 posterior mean of ``batch['image']`` (frozen params) divided by
+``latent_scale``, so the flow sees a latent of unit standard deviation. t is logit-normal
+(sigmoid of N(t_mean, t_std)), which spends the steps on the middle of the path where the
+layout is decided. Loss: mean squared error of the velocity. Captions are swapped for the
+model's learned null caption with probability ``config.cfg_drop_rate``.
+
+Sampling integrates from t = 1 (noise) to t = 0 with Euler or Heun on a uniform grid of
+``steps`` steps, with classifier-free guidance
+
+  v = v_null + g * (v_cond - v_null)  ==  v_cond + (g - 1) * (v_cond - v_null),
+
+computed in the second form. For g == 1 given as a Python number the null pass is skipped
+altogether, so the result is *exactly* the conditional model's (bitwise).
+
+Latent scale: ``model_kwargs.latent_scale`` > 0 fixes it; 0 (the default) measures it in
+``load_frozen``: the standard deviation of the stage-1 posterior means of the first 1,000
+training pairs of the stage-1 run's dataset (deterministic, so a resumed run gets the same
+value). It travels in the frozen pytree: ``{"params": stage-1 params, "latent_scale": []}``.
+
+Settings (``config.model_kwargs``): ``FlowDiT`` fields (patch, width, depth, num_heads,
+mlp_ratio, text_layers, text_heads, max_len) at the top level, the stage-1 architecture
+under ``ae`` (as ``t2i_jax.methods.latent_ae`` reads it), plus ``latent_scale``,
+``t_mean``, ``t_std``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, ClassVar, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from t2i_jax.errors import UserError
+from t2i_jax.methods.base import Batch, Method, Params
+from t2i_jax.methods.latent_ae import ae_kwargs, build_ae, init_key
+from t2i_jax.models import flow_dit as flow_dit_lib
+from t2i_jax.models import latent_ae as latent_ae_lib
+
+Array = jax.Array
+
+SOLVERS = ("euler", "heun")
+_DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
+               "text_heads", "max_len")
+_OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
+# Training pairs whose stage-1 latents set the measured latent scale.
+_SCALE_PAIRS = 1000
+
+
+def ema_update(ema: Params, params: Params, decay: float) -> Params:
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf (the trainer owns the real one)."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def _caption(batch: Batch) -> tuple[Array, Array | None]:
+  return batch["text"], batch.get("mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMethod(Method):
+  """Rectified flow over a frozen stage-1 latent; see the module docstring."""
+
+  SAMPLE_OPTIONS: ClassVar[Mapping[str, str]] = {
+      "steps": "sample_steps", "guidance": "sample_guidance", "solver": "sample_solver"}
+  GENERATES: ClassVar[bool] = True
+
+  model: flow_dit_lib.FlowDiT = flow_dit_lib.FlowDiT()
+  ae: latent_ae_lib.LatentAE = latent_ae_lib.LatentAE()
+  cfg_drop_rate: float = 0.1
+  latent_scale: float = 0.0  # 0: measured in load_frozen
+  t_mean: float = 0.0
+  t_std: float = 1.0
+
+  # ------------------------------------------------------------------------ building
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "FlowMethod":
+    kw = config.model_kwargs
+    kw = dict(kw.to_dict() if isinstance(kw, ml_collections.ConfigDict) else kw)
+    unknown = sorted(set(kw) - set(_DIT_FIELDS) - set(_OWN_FIELDS))
+    if unknown:
+      raise UserError(f"Unknown flow model_kwargs {', '.join(unknown)}; known: "
+                      f"{', '.join(_DIT_FIELDS + _OWN_FIELDS)}.")
+    ae = build_ae(ae_kwargs(config, nested_only=True))
+    dit_kw = {k: kw[k] for k in _DIT_FIELDS if k in kw}
+    try:
+      model = flow_dit_lib.flow_dit(latent_shape=ae.latent_shape, **dit_kw)
+    except (TypeError, ValueError) as e:
+      raise UserError(f"Bad flow model_kwargs: {e}.") from None
+    h, w, _ = ae.latent_shape
+    if h % model.patch or w % model.patch:
+      raise UserError(f"model_kwargs.patch={model.patch} does not divide the stage-1 latent "
+                      f"{h}x{w}.")
+    if model.width % model.num_heads or model.width % model.text_heads:
+      raise UserError(f"model_kwargs.width={model.width} is not a multiple of num_heads="
+                      f"{model.num_heads} and text_heads={model.text_heads}.")
+    rate = float(config.cfg_drop_rate)
+    if not 0.0 <= rate < 1.0:
+      raise UserError(f"cfg_drop_rate must be in [0, 1), got {rate}.")
+    scale = float(kw.get("latent_scale", 0.0))
+    if not (math.isfinite(scale) and scale >= 0):
+      raise UserError(f"model_kwargs.latent_scale must be >= 0 (0 = measure), got {scale}.")
+    return cls(model=model, ae=ae, cfg_drop_rate=rate, latent_scale=scale,
+               t_mean=float(kw.get("t_mean", 0.0)), t_std=float(kw.get("t_std", 1.0)))
+
+  # -------------------------------------------------------------------- frozen stage 1
+
+  def load_frozen(self, config: ml_collections.ConfigDict) -> Params:
+    """{"params": stage-1 params, "latent_scale": float32 []} from config.first_stage_workdir."""
+    from t2i_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    workdir = str(config.first_stage_workdir or "")
+    if not workdir:
+      raise UserError("config.first_stage_workdir is empty: the flow model needs a trained "
+                      "stage 1; train it with `python -m experiments.flow_shapes --workdir W` "
+                      "(both stages) or name a latent_ae run's workdir.")
+    if checkpoint.latest_step(workdir) is None:
+      raise UserError(f"no stage-1 checkpoint in {workdir}: train the latent autoencoder "
+                      f"first (`python -m experiments.flow_shapes --workdir W` trains both "
+                      f"stages) or point --config.first_stage_workdir at a latent_ae run.")
+    ae_config, params, _ = checkpoint.restore_for_inference(workdir)
+    frozen = self.frozen_from_params(params, workdir)
+    if self.latent_scale > 0:
+      return {**frozen, "latent_scale": jnp.float32(self.latent_scale)}
+    images = _first_images(ae_config, _SCALE_PAIRS)
+    return {**frozen, "latent_scale": self.measure_latent_scale(params, images)}
+
+  def frozen_from_params(self, params: Params, where: str = "the stage-1 params") -> Params:
+    """Checks ``params`` against this method's stage-1 architecture; {"params": params}."""
+    want = jax.eval_shape(self.ae.init, jax.random.key(0),
+                          jnp.zeros((1,) + tuple(self.ae.image_shape)))["params"]
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), params)
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), want)
+    if got != want:
+      raise UserError(f"the stage-1 params in {where} do not match model_kwargs.ae "
+                      f"{self.ae_settings()}; give the flow config the stage-1 run's "
+                      "model_kwargs as model_kwargs.ae.")
+    return {"params": params}
+
+  def ae_settings(self) -> dict[str, Any]:
+    return {"latent_channels": self.ae.latent_channels, "channels": tuple(self.ae.channels),
+            "num_res": self.ae.num_res, "patch": self.ae.patch}
+
+  def measure_latent_scale(self, ae_params: Params, images: Array) -> Array:
+    """Standard deviation of the stage-1 posterior means of ``images`` (float [N, 64, 64, 3])."""
+    means = []
+    for start in range(0, images.shape[0], 250):
+      mean, _ = self._encode_fn(ae_params, jnp.asarray(images[start:start + 250]))
+      means.append(np.asarray(mean, np.float64))
+    std = float(np.std(np.concatenate(means)))
+    return jnp.float32(max(std, 1e-6))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _encode_fn(self, ae_params, images):
+    return self.ae.apply({"params": ae_params}, images, method=self.ae.encode)
+
+  def _frozen(self, frozen: Params | None) -> tuple[Params, Array]:
+    if frozen is None or "params" not in frozen:
+      raise ValueError("the flow method needs frozen={'params': stage-1 params, "
+                       "'latent_scale': []} (FlowMethod.load_frozen).")
+    return frozen["params"], frozen["latent_scale"]
+
+  def encode_latent(self, frozen: Params, image: Array) -> Array:
+    """Images [B, 64, 64, 3] in [0, 1] -> normalised latents x0 (stage-1 mean / scale)."""
+    ae_params, scale = self._frozen(frozen)
+    mean, _ = self.ae.apply({"params": ae_params}, image, method=self.ae.encode)
+    return jax.lax.stop_gradient(mean / scale)
+
+  def decode_latent(self, frozen: Params, x: Array) -> Array:
+    ae_params, scale = self._frozen(frozen)
+    image = self.ae.apply({"params": ae_params}, x * scale, method=self.ae.decode)
+    return jnp.clip(image, 0.0, 1.0)
+
+  # ------------------------------------------------------------------------ training
+
+  def init(self, rng: Array, batch: Batch, frozen: Params | None = None) -> Params:
+    del frozen
+    text, mask = _caption(batch)
+    text, mask = text[:1], None if mask is None else mask[:1]
+    x = jnp.zeros((1,) + tuple(self.model.latent_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.float32)
+    drop = jnp.zeros((1,), bool)
+    return jax.jit(self.model.init)({"params": init_key(rng)}, x, t, text, mask, drop)["params"]
+
+  def sample_t(self, rng: Array, batch: int) -> Array:
+    return jax.nn.sigmoid(self.t_mean + self.t_std * jax.random.normal(rng, (batch,)))
+
+  def _per_example_loss(self, params, x0, text, mask, rng, drop_rate):
+    b = x0.shape[0]
+    k_t, k_n, k_d = jax.random.split(rng, 3)
+    t = self.sample_t(k_t, b)
+    noise = jax.random.normal(k_n, x0.shape, x0.dtype)
+    tt = t[:, None, None, None]
+    xt = (1.0 - tt) * x0 + tt * noise
+    drop = jax.random.uniform(k_d, (b,)) < drop_rate
+    v = self.model.apply({"params": params}, xt, t, text, mask, drop)
+    err = jnp.square(v - (noise - x0))
+    return jnp.mean(err.reshape(b, -1), axis=-1), t, drop
+
+  def loss(self, params: Params, batch: Batch, rng: Array, step: Array,
+           frozen: Params | None = None) -> tuple[Array, dict[str, Array]]:
+    del step
+    text, mask = _caption(batch)
+    chex.assert_rank(batch["image"], 4)
+    chex.assert_equal_shape_prefix([batch["image"], text], 1)
+    x0 = self.encode_latent(frozen, batch["image"])
+    per, t, drop = self._per_example_loss(params, x0, text, mask, rng, self.cfg_drop_rate)
+    loss = jnp.mean(per)
+    mid = (t > 0.25) & (t < 0.75)
+    return loss, {"loss": loss, "v_mse": loss,
+                  "v_mse_mid": jnp.sum(per * mid) / jnp.maximum(jnp.sum(mid), 1),
+                  "caption_drop": jnp.mean(drop.astype(jnp.float32)),
+                  "latent_std": jnp.std(x0)}
+
+  def eval_metrics(self, params: Params, batch: Batch, rng: Array,
+                   frozen: Params | None = None) -> dict[str, Array]:
+    """Per example: the conditional velocity MSE at a random logit-normal t ('v_mse')."""
+    text, mask = _caption(batch)
+    x0 = self.encode_latent(frozen, batch["image"])
+    per, _, _ = self._per_example_loss(params, x0, text, mask, rng, 0.0)
+    return {"v_mse": per}
+
+  # ------------------------------------------------------------------------ sampling
+
+  def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(self.SAMPLE_OPTIONS))
+    if unknown:
+      raise UserError(f"Unknown sampling option(s) {', '.join(unknown)} for the flow model; "
+                      f"use {', '.join(self.SAMPLE_OPTIONS)}.")
+    out = dict(options)
+    if "steps" in out:
+      out["steps"] = _int_option("steps", out["steps"])
+      if out["steps"] < 1:
+        raise UserError(f"--steps must be at least 1, got {out['steps']}.")
+    if "guidance" in out:
+      g = out["guidance"]
+      try:
+        g = float(g)
+      except (TypeError, ValueError):
+        raise UserError(f"--guidance must be a number >= 0, got {g!r}.") from None
+      if not math.isfinite(g) or g < 0:
+        raise UserError(f"--guidance must be a finite number >= 0, got {out['guidance']!r}.")
+      out["guidance"] = g
+    if "solver" in out:
+      s = str(out["solver"]).strip().lower()
+      if s not in SOLVERS:
+        raise UserError(f"Unknown --solver {out['solver']!r}; use one of {', '.join(SOLVERS)}.")
+      out["solver"] = s
+    return out
+
+  def guided_velocity(self, params: Params, x: Array, t: Array, cond: tuple, null: tuple,
+                      guidance: Any) -> Array:
+    """v_cond + (g - 1) (v_cond - v_null); for a Python g == 1 only the conditional pass."""
+    v_c = self.model.apply({"params": params}, x, t, *cond, method=self.model.velocity)
+    if isinstance(guidance, (int, float)) and float(guidance) == 1.0:
+      return v_c
+    v_u = self.model.apply({"params": params}, x, t, *null, method=self.model.velocity)
+    return v_c + (guidance - 1.0) * (v_c - v_u)
+
+  def initial_noise(self, keys: Array) -> Array:
+    """Row b's starting noise from keys[b] alone: [B, *latent_shape]."""
+    shape = tuple(self.model.latent_shape)
+    return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+
+  def sample_latents(self, params: Params, text: Array, mask: Array | None, keys: Array,
+                     steps: int = 20, guidance: Any = 3.0, solver: str = "euler") -> Array:
+    """Normalised latents x0 [B, *latent_shape] integrated from t = 1 to t = 0."""
+    if solver not in SOLVERS:
+      raise ValueError(f"unknown solver {solver!r}")
+    b = text.shape[0]
+    x = self.initial_noise(keys)
+    chex.assert_shape(x, (b,) + tuple(self.model.latent_shape))
+    cond = self.model.apply({"params": params}, text, mask, method=self.model.encode_text)
+    null = self.model.apply({"params": params}, b, 1, method=self.model.null_text)
+    vel = functools.partial(self.guided_velocity, params, cond=cond, null=null,
+                            guidance=guidance)
+    dt = -1.0 / steps
+
+    def body(i, x):
+      t = 1.0 - i / steps
+      tb = jnp.full((b,), t, jnp.float32)
+      v = vel(x, tb)
+      if solver == "euler":
+        return x + dt * v
+      x_pred = x + dt * v
+      v2 = vel(x_pred, jnp.full((b,), t + dt, jnp.float32))
+      return x + dt * 0.5 * (v + v2)
+
+    return jax.lax.fori_loop(0, steps, body, x)
+
+  @functools.partial(jax.jit, static_argnums=0, static_argnames=("steps", "guidance", "solver"))
+  def _generate_static(self, params, text, mask, keys, frozen, steps, guidance, solver):
+    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver)
+    return self.decode_latent(frozen, x)
+
+  @functools.partial(jax.jit, static_argnums=0, static_argnames=("steps", "solver"))
+  def _generate_traced(self, params, text, mask, keys, frozen, guidance, steps, solver):
+    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver)
+    return self.decode_latent(frozen, x)
+
+  def generate(self, params: Params, text: Array, mask: Array | None, keys: Array,
+               frozen: Params | None = None, *, steps: int = 20, guidance: Any = 3.0,
+               solver: str = "euler") -> Array:
+    """Captions [B, T, D] (+ mask [B, T]) -> images [B, 64, 64, 3] float32 in [0, 1].
+
+    Jitted inside (one compilation per steps / solver, and per guidance value when it is a
+    Python number); also traceable under a caller's jit, guidance then static or traced.
+    """
+    chex.assert_axis_dimension(keys, 0, text.shape[0])
+    if mask is not None:
+      chex.assert_shape(mask, text.shape[:2])
+    steps, solver = int(steps), str(solver)
+    if isinstance(guidance, (int, float)):
+      return self._generate_static(params, text, mask, keys, frozen, steps=steps,
+                                   guidance=float(guidance), solver=solver)
+    return self._generate_traced(params, text, mask, keys, frozen, guidance, steps=steps,
+                                 solver=solver)
+
+
+def _int_option(name: str, value: Any) -> int:
+  if isinstance(value, bool):
+    raise UserError(f"--{name} must be a whole number, got {value!r}.")
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  try:
+    f = float(value)
+  except (TypeError, ValueError):
+    raise UserError(f"--{name} must be a whole number, got {value!r}.") from None
+  if not math.isfinite(f) or not f.is_integer():
+    raise UserError(f"--{name} must be a whole number, got {value!r}.")
+  return int(f)
+
+
+def _first_images(config: ml_collections.ConfigDict, num_pairs: int) -> np.ndarray:
+  """Images of the first ``num_pairs`` training pairs of ``config``'s dataset, float [0, 1].
+
+  Read straight from the prepared TFDS files (no full table), for the latent scale.
+  """
+  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
+  common.host_only_tensorflow()
+  builder = pipeline.ensure_prepared(config)
+  splits, _ = pipeline.split_request(config, "train")
+  split = next(s for s in splits if s in builder.info.splits)
+  ds = builder.as_dataset(split=f"{split}[:{num_pairs}]", shuffle_files=False)
+  images = np.stack([ex["image"] for ex in ds.as_numpy_iterator()])
+  # Each image comes once per caption; keep distinct ones (order-preserving).
+  _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+  return images[np.sort(first)].astype(np.float32) / 255.0
+
+
+__all__ = ["FlowMethod", "SOLVERS", "ema_update"]

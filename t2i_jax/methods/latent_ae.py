@@ -1,0 +1,141 @@
+"""Stage 1 of the latent flow family: an image VAE (``t2i_jax.models.latent_ae``).
+
+It learns the spatial latent that stage 2 (``t2i_jax.methods.flow``) generates in, from
+images alone (captions are ignored), with the paper's kind of objective:
+
+  loss = mean per-pixel squared error + kl_weight * KL
+
+where KL is that of the posterior N(mean, exp(logvar)) to N(0, I) **averaged over latent
+dimensions** (nats per dimension), so ``config.kl_weight`` weighs one pixel's error against
+one latent dimension's KL, whatever the image and latent sizes. A small weight (~1e-4 to
+1e-3) keeps reconstructions sharp and the latent tame; see the experiment modules for the
+values used.
+
+Settings: ``config.model_kwargs.ae`` (a dict of ``LatentAE`` fields) when it exists, else
+the top level of ``config.model_kwargs``. The flow family reads ``model_kwargs.ae`` for
+its frozen first stage, so one config can name both stages' architectures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from t2i_jax.errors import UserError
+from t2i_jax.methods.base import Batch, Method, Params
+from t2i_jax.models import latent_ae as latent_ae_lib
+
+Array = jax.Array
+
+_AE_FIELDS = ("latent_channels", "channels", "num_res", "patch")
+
+
+def ae_kwargs(config: ml_collections.ConfigDict, nested_only: bool = False) -> dict[str, Any]:
+  """The stage-1 settings of ``config``: model_kwargs.ae, else (unless ``nested_only``) the top.
+
+  Unknown keys raise a one-line UserError (a typo must not silently train the default).
+  """
+  kwargs = config.model_kwargs
+  if "ae" in kwargs:
+    source = kwargs["ae"]
+  elif nested_only:
+    return {}
+  else:
+    source = kwargs
+  out = dict(source.to_dict() if isinstance(source, ml_collections.ConfigDict) else source)
+  unknown = sorted(set(out) - set(_AE_FIELDS))
+  if unknown:
+    raise UserError(f"Unknown stage-1 (latent_ae) model_kwargs {', '.join(unknown)}; "
+                    f"known: {', '.join(_AE_FIELDS)}.")
+  return out
+
+
+def build_ae(kwargs: Mapping[str, Any]) -> latent_ae_lib.LatentAE:
+  try:
+    return latent_ae_lib.latent_ae(**dict(kwargs))
+  except (TypeError, ValueError) as e:
+    raise UserError(f"Bad stage-1 (latent_ae) model_kwargs: {e}.") from None
+
+
+def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, averaged over dimensions: [B]."""
+  kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+  return jnp.mean(kl.reshape(kl.shape[0], -1), axis=-1)
+
+
+def init_key(rng: Array) -> Array:
+  """An 'rbg' key drawn from ``rng`` for parameter init: same key -> same params.
+
+  Why: on XLA:CPU every threefry draw of a flax init compiles to its own loop, so a conv
+  net's init took ~14 s to compile with threefry against ~2 s with rbg.
+  """
+  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
+def psnr(mse: Array) -> Array:
+  """PSNR in dB of images in [0, 1] from their mean squared error (floored at 1e-10)."""
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentAEMethod(Method):
+  """Image VAE with a spatial latent; trained on images alone."""
+
+  GENERATES: ClassVar[bool] = False
+  SAMPLE_OPTIONS: ClassVar[Mapping[str, str]] = {}
+
+  model: latent_ae_lib.LatentAE = latent_ae_lib.LatentAE()
+  kl_weight: float = 1e-4
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LatentAEMethod":
+    return cls(model=build_ae(ae_kwargs(config)), kl_weight=float(config.kl_weight))
+
+  def init(self, rng: Array, batch: Batch, frozen: Params | None = None) -> Params:
+    del frozen
+    image = jnp.zeros((1,) + tuple(self.model.image_shape), jnp.float32)
+    chex.assert_shape(batch["image"], (None,) + tuple(self.model.image_shape))
+    return jax.jit(self.model.init)({"params": init_key(rng)}, image)["params"]
+
+  def _forward(self, params: Params, image: Array, rng: Array | None):
+    out = self.model.apply({"params": params}, image, rng)
+    err = jnp.square(out["recon"] - image.astype(jnp.float32))
+    mse = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+    kl = gaussian_kl_per_dim(out["mean"], out["logvar"])
+    return out, mse, kl
+
+  def loss(self, params: Params, batch: Batch, rng: Array, step: Array,
+           frozen: Params | None = None) -> tuple[Array, dict[str, Array]]:
+    del step, frozen
+    image = batch["image"]
+    chex.assert_shape(image, (None,) + tuple(self.model.image_shape))
+    out, mse, kl = self._forward(params, image, rng)
+    loss = jnp.mean(mse) + self.kl_weight * jnp.mean(kl)
+    return loss, {"loss": loss, "mse": jnp.mean(mse), "kl": jnp.mean(kl),
+                  "psnr": jnp.mean(psnr(mse)),
+                  "latent_std": jnp.std(out["mean"])}
+
+  def eval_metrics(self, params: Params, batch: Batch, rng: Array,
+                   frozen: Params | None = None) -> dict[str, Array]:
+    """Per example, reconstructing from the posterior mean (deterministic): psnr, mse, kl."""
+    del rng, frozen
+    _, mse, kl = self._forward(params, batch["image"], None)
+    return {"psnr": psnr(mse), "mse": mse, "kl": kl}
+
+  def encode(self, params: Params, image: Array) -> tuple[Array, Array]:
+    return self.model.apply({"params": params}, image, method=self.model.encode)
+
+  def decode(self, params: Params, z: Array) -> Array:
+    return self.model.apply({"params": params}, z, method=self.model.decode)
+
+  def generate(self, params, text, mask, keys, frozen=None, **options):
+    raise UserError("latent_ae is a first stage (an image autoencoder): it draws no image "
+                    "from a caption; sample from the flow run trained on top of it.")
+
+
+__all__ = ["LatentAEMethod", "ae_kwargs", "build_ae", "gaussian_kl_per_dim", "init_key", "psnr"]

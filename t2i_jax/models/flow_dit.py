@@ -1,0 +1,255 @@
+"""Stage 2 of the latent flow model: a small DiT over latent patches that predicts velocity.
+
+After DiT (Peebles & Xie) as written in JAX by kvfrans/jax-flow, plus cross-attention to the
+caption's words (as in PixArt / SD3's text path):
+
+  * latent [B, H, W, C] -> non-overlapping ``patch`` x ``patch`` patches -> Dense(width) +
+    learned position embedding: (H / patch) * (W / patch) tokens (16 for a 16x16 latent
+    with patch 4).
+  * caption: GloVe words [B, T, D] + mask [B, T] -> LayerNorm -> Dense(width) + learned
+    *word position* embedding (order matters: "a red circle above a blue square" is not its
+    reverse) -> ``text_layers`` masked self-attention blocks (0 = none) -> words [B, T,
+    width]; a masked mean of them -> Dense -> pooled caption [B, width].
+  * the null caption (caption dropout, classifier-free guidance) is a learned parameter in
+    the model's own space: one word vector ``null_word`` (a length-1 word sequence) and a
+    pooled vector ``null_pooled``. ``drop`` [B] bool swaps rows for it.
+  * each block: adaLN-Zero on (time embedding + pooled caption): LayerNorm -> modulated
+    self-attention over tokens (gated), LayerNorm -> cross-attention to the words (gated),
+    modulated MLP (gated). Every gate starts at zero, so the net starts as the identity
+    and the output layer (also zero) gives v = 0 at init.
+  * final adaLN LayerNorm -> Dense(patch^2 * C) -> unpatchify: velocity, latent-shaped.
+
+Everything is a pure function of (params, inputs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t2i_jax.models.cvae import as_sequence
+
+Array = jax.Array
+
+_NEG = -1e9
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as DiT's integer steps) -> [B, dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+def patchify(x: Array, p: int) -> Array:
+  """[B, H, W, C] -> [B, (H/p)(W/p), p*p*C], row-major over patches."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: Array, p: int, h: int, w: int, c: int) -> Array:
+  """Inverse of ``patchify``."""
+  b = x.shape[0]
+  x = x.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h, w, c)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  return x * (1.0 + scale[:, None]) + shift[:, None]
+
+
+class MLP(nn.Module):
+  width: int
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
+    return nn.Dense(self.width, dtype=self.dtype, name="fc2")(x)
+
+
+class WordEncoder(nn.Module):
+  """GloVe words + mask -> (words [B, T, width], pooled [B, width]); padding never leaks in."""
+
+  width: int
+  num_layers: int = 0
+  num_heads: int = 4
+  mlp_ratio: int = 2
+  max_len: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, text: Array, mask: Array) -> tuple[Array, Array]:
+    b, t, _ = text.shape
+    if t > self.max_len:
+      raise ValueError(f"caption length {t} exceeds max_len {self.max_len}; raise "
+                       "model_kwargs.max_len")
+    x = nn.Dense(self.width, dtype=self.dtype, name="embed")(
+        nn.LayerNorm(dtype=self.dtype, name="embed_norm")(text))
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (self.max_len, self.width))
+    x = x + pos[None, :t].astype(x.dtype)
+    attn_mask = nn.make_attention_mask(mask, mask)
+    for i in range(self.num_layers):
+      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_attn{i}")(x)
+      y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                          name=f"attn{i}")(y, y, mask=attn_mask)
+      x = x + y
+      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_mlp{i}")(x)
+      x = x + MLP(self.width, self.width * self.mlp_ratio, self.dtype, name=f"mlp{i}")(y)
+    x = nn.LayerNorm(dtype=self.dtype, name="ln_out")(x)
+    m = mask[..., None].astype(x.dtype)
+    pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    pooled = nn.Dense(self.width, dtype=self.dtype, name="pool_out")(nn.silu(
+        nn.Dense(self.width, dtype=self.dtype, name="pool_in")(pooled)))
+    return x, pooled
+
+
+class DiTBlock(nn.Module):
+  """adaLN-Zero block: self-attention, cross-attention to the words, MLP; all gated."""
+
+  width: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, cond: Array, words: Array, word_mask: Array) -> Array:
+    mods = nn.Dense(9 * self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                    name="adaLN")(nn.silu(cond))
+    (sh_a, sc_a, g_a, sh_c, sc_c, g_c, sh_m, sc_m, g_m) = jnp.split(mods, 9, axis=-1)
+    ln = functools.partial(nn.LayerNorm, use_scale=False, use_bias=False, dtype=self.dtype)
+    y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        name="self_attn")(y, y)
+    x = x + g_a[:, None] * y
+    y = modulate(ln(name="ln_cross")(x), sh_c, sc_c)
+    b, n, _ = x.shape
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        name="cross_attn")(
+        y, words, mask=nn.make_attention_mask(jnp.ones((b, n), bool), word_mask))
+    x = x + g_c[:, None] * y
+    y = modulate(ln(name="ln_mlp")(x), sh_m, sc_m)
+    y = MLP(self.width, self.width * self.mlp_ratio, self.dtype, name="mlp")(y)
+    return x + g_m[:, None] * y
+
+
+class FlowDiT(nn.Module):
+  """Velocity model v(x_t, t, caption); see the module docstring.
+
+  Attributes:
+    latent_shape: (H, W, C) of the stage-1 latent.
+    patch: Patch side in latent pixels; tokens = (H / patch) * (W / patch).
+    width, depth, num_heads, mlp_ratio: Transformer size.
+    text_layers: Self-attention blocks over the words before cross-attention (0 = none).
+    max_len: Size of the word position table (the longest caption it reads).
+  """
+
+  latent_shape: tuple[int, int, int] = (16, 16, 4)
+  patch: int = 4
+  width: int = 128
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  text_layers: int = 0
+  text_heads: int = 4
+  max_len: int = 32
+  dtype: Any = jnp.float32
+
+  @property
+  def num_tokens(self) -> int:
+    h, w, _ = self.latent_shape
+    return (h // self.patch) * (w // self.patch)
+
+  def setup(self):
+    h, w, _ = self.latent_shape
+    if h % self.patch or w % self.patch:
+      raise ValueError(f"patch {self.patch} does not divide the latent {h}x{w}")
+    self.word_encoder = WordEncoder(self.width, self.text_layers, self.text_heads,
+                                    max_len=self.max_len, dtype=self.dtype)
+    self.null_word = self.param("null_word", nn.initializers.normal(0.02), (self.width,))
+    self.null_pooled = self.param("null_pooled", nn.initializers.normal(0.02), (self.width,))
+    self.patch_embed = nn.Dense(self.width, dtype=self.dtype)
+    self.pos_embed = self.param("pos_embedding", nn.initializers.normal(0.02),
+                                (self.num_tokens, self.width))
+    self.time_in = nn.Dense(self.width, dtype=self.dtype)
+    self.time_out = nn.Dense(self.width, dtype=self.dtype)
+    self.blocks = [DiTBlock(self.width, self.num_heads, self.mlp_ratio, self.dtype,
+                            name=f"block{i}") for i in range(self.depth)]
+    self.final_mod = nn.Dense(2 * self.width, dtype=self.dtype,
+                              kernel_init=nn.initializers.zeros)
+    self.final_ln = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)
+    self.out = nn.Dense(self.patch * self.patch * self.latent_shape[-1], dtype=self.dtype,
+                        kernel_init=nn.initializers.zeros)
+
+  def encode_text(self, text: Array, mask: Array | None,
+                  drop: Array | None = None) -> tuple[Array, Array, Array]:
+    """(words [B, T, width], word_mask [B, T], pooled [B, width]); ``drop`` rows -> null.
+
+    The null caption is the length-1 sequence ``null_word`` (the other positions masked)
+    with ``null_pooled``; a dropped row sees nothing of its real caption.
+    """
+    text, mask = as_sequence(text, mask)
+    words, pooled = self.word_encoder(text.astype(self.dtype), mask)
+    if drop is not None:
+      chex.assert_shape(drop, (text.shape[0],))
+      t = text.shape[1]
+      null_mask = jnp.arange(t) == 0
+      null_words = jnp.where(null_mask[:, None], self.null_word[None].astype(words.dtype),
+                             jnp.zeros_like(words[0]))
+      words = jnp.where(drop[:, None, None], null_words[None], words)
+      mask = jnp.where(drop[:, None], null_mask[None], mask)
+      pooled = jnp.where(drop[:, None], self.null_pooled[None].astype(pooled.dtype), pooled)
+    return words, mask, pooled
+
+  def null_text(self, batch: int, length: int = 1) -> tuple[Array, Array, Array]:
+    """The null caption's (words, mask, pooled) for ``batch`` rows (no input caption)."""
+    null_mask = jnp.broadcast_to(jnp.arange(length) == 0, (batch, length))
+    words = jnp.where(null_mask[..., None], self.null_word.astype(self.dtype), 0.0)
+    pooled = jnp.broadcast_to(self.null_pooled.astype(self.dtype), (batch, self.width))
+    return words, null_mask, pooled
+
+  def velocity(self, x: Array, t: Array, words: Array, word_mask: Array,
+               pooled: Array) -> Array:
+    """v(x_t, t | encoded caption): [B, H, W, C] float32."""
+    h, w, c = self.latent_shape
+    chex.assert_shape(x, (None, h, w, c))
+    chex.assert_shape(t, (x.shape[0],))
+    tok = self.patch_embed(patchify(x.astype(self.dtype), self.patch))
+    tok = tok + self.pos_embed[None].astype(tok.dtype)
+    temb = self.time_out(nn.silu(self.time_in(timestep_embedding(t, self.width)
+                                              .astype(self.dtype))))
+    cond = temb + pooled.astype(temb.dtype)
+    for block in self.blocks:
+      tok = block(tok, cond, words, word_mask)
+    shift, scale = jnp.split(self.final_mod(nn.silu(cond)), 2, axis=-1)
+    tok = self.out(modulate(self.final_ln(tok), shift, scale))
+    return unpatchify(tok.astype(jnp.float32), self.patch, h, w, c)
+
+  def __call__(self, x: Array, t: Array, text: Array, mask: Array | None,
+               drop: Array | None = None) -> Array:
+    """Velocity for captions ``text`` [B, T, D] (+ mask), with rows in ``drop`` nulled."""
+    words, word_mask, pooled = self.encode_text(text, mask, drop)
+    return self.velocity(x, t, words, word_mask, pooled)
+
+
+def flow_dit(**overrides: Any) -> FlowDiT:
+  """A FlowDiT with its defaults; ``overrides`` change any attribute."""
+  if "latent_shape" in overrides:
+    overrides["latent_shape"] = tuple(int(v) for v in overrides["latent_shape"])
+  return FlowDiT(**overrides)
+
+
+__all__ = ["DiTBlock", "FlowDiT", "WordEncoder", "flow_dit", "patchify", "timestep_embedding",
+           "unpatchify"]

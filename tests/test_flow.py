@@ -1,0 +1,318 @@
+"""Tests for the latent flow family: stage-1 VAE and stage-2 rectified flow (tiny sizes).
+
+Both methods are built from a config as the trainer builds them; one module-scoped init
+per method keeps compilation short.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from t2i_jax import configs
+from t2i_jax.errors import UserError
+from t2i_jax.methods.flow import FlowMethod
+from t2i_jax.methods.latent_ae import LatentAEMethod
+
+B, T, D = 4, 8, 50
+TINY = {"ae": {"channels": (8,), "latent_channels": 4, "num_res": 1},
+        "patch": 4, "width": 32, "depth": 1, "num_heads": 2, "text_heads": 2,
+        "text_layers": 1, "max_len": T, "mlp_ratio": 2}
+
+
+def _config(**overrides):
+  c = configs.base_config()
+  c.model_kwargs = ml_collections.ConfigDict(TINY)
+  c.kl_weight = 1e-3
+  c.cfg_drop_rate = 0.1
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _batch(seed=0, batch=B):
+  rng = np.random.default_rng(seed)
+  text = rng.normal(size=(batch, T, D)).astype(np.float32)
+  mask = np.zeros((batch, T), bool)
+  for b, n in enumerate([5, 2, 8, 3, 1, 6][:batch]):
+    mask[b, :n] = True
+  text[~mask] = 0.0
+  # Smooth images (a coloured square on a background), so a tiny VAE can fit them.
+  image = np.zeros((batch, 64, 64, 3), np.float32)
+  for b in range(batch):
+    image[b] = rng.uniform(0, 0.4, size=3)
+    y, x = rng.integers(0, 40, size=2)
+    image[b, y:y + 20, x:x + 20] = rng.uniform(0.5, 1.0, size=3)
+  return {"image": jnp.asarray(image), "text": jnp.asarray(text), "mask": jnp.asarray(mask)}
+
+
+@pytest.fixture(scope="module")
+def ae_setup():
+  method = LatentAEMethod.from_config(_config())
+  params = method.init(jax.random.key(0), _batch())
+  return method, params
+
+
+@pytest.fixture(scope="module")
+def flow_setup(ae_setup):
+  ae_method, ae_params = ae_setup
+  method = FlowMethod.from_config(_config())
+  params = method.init(jax.random.key(1), _batch())
+  frozen = method.frozen_from_params(ae_params)
+  frozen["latent_scale"] = method.measure_latent_scale(ae_params, _batch()["image"])
+  # Random (non-zero) output layers: the zero-initialised gates would hide the caption.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+  return method, params, frozen
+
+
+def _finite_tree(tree):
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def _train(method, params, batch, frozen, steps=30, lr=3e-3):
+  """Adam on one fixed batch: (losses, first step's (metrics, grads))."""
+  opt = optax.adam(lr)
+
+  @jax.jit
+  def step(params, state, rng):
+    (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        params, batch, rng, jnp.int32(0), frozen)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss, metrics, grads
+
+  state = opt.init(params)
+  losses, first = [], None
+  for i in range(steps):
+    params, state, loss, metrics, grads = step(params, state, jax.random.key(100 + i))
+    losses.append(float(loss))
+    if first is None:
+      first = (metrics, grads)
+  return losses, first
+
+
+@pytest.fixture(scope="module")
+def ae_trained(ae_setup):
+  method, params = ae_setup
+  return _train(method, params, _batch(), None)
+
+
+@pytest.fixture(scope="module")
+def flow_trained(flow_setup):
+  method, params, frozen = flow_setup
+  return _train(method, params, _batch(), frozen)
+
+
+# ------------------------------------------------------------------------------ stage 1
+
+
+def test_methods_are_hashable_and_equal_per_config():
+  assert LatentAEMethod.from_config(_config()) == LatentAEMethod.from_config(_config())
+  assert hash(FlowMethod.from_config(_config())) == hash(FlowMethod.from_config(_config()))
+  assert not LatentAEMethod.GENERATES and FlowMethod.GENERATES
+  assert FlowMethod.SAMPLE_OPTIONS == {"steps": "sample_steps", "guidance": "sample_guidance",
+                                       "solver": "sample_solver"}
+
+
+def test_latent_ae_loss_metrics_and_grads(ae_setup, ae_trained):
+  method, params = ae_setup
+  batch = _batch()
+  assert method.model.latent_shape == (16, 16, 4)
+
+  @jax.jit
+  def roundtrip(params, image):
+    mean, logvar = method.encode(params, image)
+    return mean, logvar, method.decode(params, mean), method.eval_metrics(
+        params, {"image": image}, jax.random.key(0))
+
+  mean, logvar, image, ev = roundtrip(params, batch["image"])
+  chex.assert_shape([mean, logvar], (B, 16, 16, 4))
+  chex.assert_shape(image, (B, 64, 64, 3))
+  assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+  assert set(ev) == {"psnr", "mse", "kl"}
+  chex.assert_shape(list(ev.values()), (B,))
+  losses, (metrics, grads) = ae_trained
+  assert np.isfinite(losses[0])
+  assert {"loss", "mse", "kl", "psnr"} <= set(metrics)
+  np.testing.assert_allclose(float(metrics["loss"]),
+                             float(metrics["mse"]) + 1e-3 * float(metrics["kl"]), rtol=1e-5)
+  assert _finite_tree(grads)
+
+
+def test_latent_ae_loss_decreases(ae_trained):
+  losses, _ = ae_trained
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_latent_ae_generates_nothing(ae_setup):
+  method, params = ae_setup
+  with pytest.raises(UserError):
+    method.generate(params, _batch()["text"], None, jax.random.split(jax.random.key(0), B))
+
+
+# ------------------------------------------------------------------------------ stage 2
+
+
+def test_flow_loss_shapes_and_grads(flow_setup, flow_trained):
+  method, params, frozen = flow_setup
+  assert method.model.num_tokens == 16
+  losses, (metrics, grads) = flow_trained
+  assert np.isfinite(losses[0])
+  assert {"loss", "v_mse", "caption_drop", "latent_std"} <= set(metrics)
+  assert _finite_tree(grads)
+  # The latent scale was measured on this batch: the normalised latent has std 1.
+  np.testing.assert_allclose(float(metrics["latent_std"]), 1.0, rtol=1e-4)
+  ev = jax.jit(method.eval_metrics)(params, _batch(), jax.random.key(0), frozen)
+  chex.assert_shape(ev["v_mse"], (B,))
+  assert np.all(np.isfinite(np.asarray(ev["v_mse"])))
+
+
+def test_flow_loss_decreases(flow_trained):
+  losses, _ = flow_trained
+  # The loss is noisy (a fresh t and noise every step): compare averages of 5 steps.
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_guidance_one_is_exactly_the_conditional_model(flow_setup):
+  method, params, frozen = flow_setup
+  batch = _batch()
+  keys = jax.random.split(jax.random.key(3), B)
+  steps = 3
+  got = method.generate(params, batch["text"], batch["mask"], keys, frozen, steps=steps,
+                        guidance=1.0, solver="euler")
+
+  @jax.jit
+  def direct(params, text, mask, keys, frozen):  # the conditional model alone, no CFG code
+    x = method.initial_noise(keys)
+    for i in range(steps):
+      t = jnp.full((B,), 1.0 - i / steps, jnp.float32)
+      x = x + (-1.0 / steps) * method.model.apply({"params": params}, x, t, text, mask)
+    return method.decode_latent(frozen, x)
+
+  want = direct(params, batch["text"], batch["mask"], keys, frozen)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  # The guided velocity at g = 1 is bitwise the conditional one.
+  x = method.initial_noise(keys)
+  t = jnp.full((B,), 0.5, jnp.float32)
+
+  @jax.jit
+  def velocities(params, x, t, text, mask, g):
+    cond = method.model.apply({"params": params}, text, mask, method=method.model.encode_text)
+    null = method.model.apply({"params": params}, B, 1, method=method.model.null_text)
+    v_c = method.model.apply({"params": params}, x, t, *cond, method=method.model.velocity)
+    return (method.guided_velocity(params, x, t, cond, null, 1.0), v_c,
+            method.guided_velocity(params, x, t, cond, null, g))
+
+  v_g, v_c, v_traced = velocities(params, x, t, batch["text"], batch["mask"], jnp.float32(1))
+  np.testing.assert_array_equal(np.asarray(v_g), np.asarray(v_c))
+  # A traced guidance of 1 goes through the CFG formula, which then adds exactly zero.
+  np.testing.assert_allclose(np.asarray(v_traced), np.asarray(v_c), rtol=0, atol=1e-7)
+  _, _, v_3 = velocities(params, x, t, batch["text"], batch["mask"], jnp.float32(3))
+  assert not np.allclose(np.asarray(v_3), np.asarray(v_c))
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_generate_shape_dtype_range(flow_setup, solver):
+  method, params, frozen = flow_setup
+  batch = _batch()
+  keys = jax.random.split(jax.random.key(5), B)
+  out = method.generate(params, batch["text"], batch["mask"], keys, frozen, steps=2,
+                        guidance=2.0, solver=solver)
+  assert out.shape == (B, 64, 64, 3) and out.dtype == jnp.float32
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_rows_depend_only_on_their_own_key(flow_setup):
+  method, params, frozen = flow_setup
+  batch = _batch()
+  keys = jax.random.split(jax.random.key(9), B)
+  a = method.generate(params, batch["text"], batch["mask"], keys, frozen, steps=2, guidance=2.0)
+  other = keys.at[1:].set(jax.random.split(jax.random.key(10), B - 1))
+  b = method.generate(params, batch["text"], batch["mask"], other, frozen, steps=2,
+                      guidance=2.0)
+  np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-6)
+  assert not np.allclose(np.asarray(a[1]), np.asarray(b[1]))
+  # A row also does not depend on the other rows' captions.
+  text2 = batch["text"].at[2].set(batch["text"][3])
+  c = method.generate(params, text2, batch["mask"], keys, frozen, steps=2, guidance=2.0)
+  np.testing.assert_allclose(np.asarray(a[0]), np.asarray(c[0]), atol=1e-6)
+
+
+def test_word_order_matters(flow_setup):
+  method, params, frozen = flow_setup
+  batch = _batch()
+  text, mask = batch["text"], batch["mask"]
+  swapped = text.at[:, [0, 1]].set(text[:, [1, 0]])  # rows 0-3 have >= 2 words
+  x = method.initial_noise(jax.random.split(jax.random.key(11), B))
+  t = jnp.full((B,), 0.5, jnp.float32)
+  apply = jax.jit(lambda p, txt: method.model.apply({"params": p}, x, t, txt, mask))
+  v, v_swapped = apply(params, text), apply(params, swapped)
+  diff = np.abs(np.asarray(v - v_swapped)).reshape(B, -1).max(axis=1)
+  assert np.all(diff > 1e-4), diff
+
+
+def test_dropped_caption_ignores_the_caption(flow_setup):
+  method, params, _ = flow_setup
+  batch = _batch()
+  x = method.initial_noise(jax.random.split(jax.random.key(12), B))
+  t = jnp.full((B,), 0.3, jnp.float32)
+  drop = jnp.ones((B,), bool)
+  apply = jax.jit(lambda txt: method.model.apply({"params": params}, x, t, txt,
+                                                 batch["mask"], drop))
+  np.testing.assert_allclose(np.asarray(apply(batch["text"])),
+                             np.asarray(apply(jnp.flip(batch["text"], 0))), atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
+    {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},
+    {"guidance": "strong"}, {"solver": "rk4"}, {"temperature": 1.0},
+])
+def test_check_options_rejects_bad_values(options):
+  method = FlowMethod.from_config(_config())
+  with pytest.raises(UserError) as e:
+    method.check_options(options)
+  assert "\n" not in str(e.value) and str(e.value)
+
+
+def test_check_options_converts_good_values():
+  method = FlowMethod.from_config(_config())
+  out = method.check_options({"steps": "8", "guidance": "2", "solver": "Heun"})
+  assert out == {"steps": 8, "guidance": 2.0, "solver": "heun"}
+  assert method.check_options({"steps": 4.0})["steps"] == 4
+  assert method.default_options(_config()) == {"steps": 20, "guidance": 3.0, "solver": "euler"}
+
+
+def test_load_frozen_without_checkpoint_is_a_user_error(tmp_path):
+  method = FlowMethod.from_config(_config(first_stage_workdir=str(tmp_path / "nothing")))
+  with pytest.raises(UserError) as e:
+    method.load_frozen(_config(first_stage_workdir=str(tmp_path / "nothing")))
+  assert "\n" not in str(e.value) and "experiments.flow_shapes" in str(e.value)
+  with pytest.raises(UserError):
+    method.load_frozen(_config(first_stage_workdir=""))
+
+
+def test_bad_model_kwargs_are_user_errors():
+  with pytest.raises(UserError):
+    FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict({"widht": 3})))
+  with pytest.raises(UserError):
+    FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict({"patch": 3})))
+  with pytest.raises(UserError):
+    LatentAEMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+        {"ae": {"chanels": (8,)}})))
+
+
+def test_frozen_params_must_match_the_stage1_settings(ae_setup):
+  _, ae_params = ae_setup
+  other = dict(TINY, ae={"channels": (16,)})
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(other)))
+  with pytest.raises(UserError):
+    method.frozen_from_params(ae_params)
