@@ -34,6 +34,16 @@ def _cmd_prepare(args) -> None:
     if args.strict:
       flickr8k.check_complete(source)
     flickr8k.PREPARE_OPTIONS.update(strict=args.strict, num_workers=args.workers)
+  elif args.dataset == "folder":
+    if not args.manual_dir:
+      raise UserError("t2i prepare folder needs --manual-dir DIR: a folder with images/ and "
+                      "captions.csv (or captions.jsonl).")
+    from t2i_jax.data import folder  # pylint: disable=import-outside-toplevel
+    cfg.image_mode = args.image_mode
+    cfg.manual_dir = manual_dir = args.manual_dir
+    cfg.folder_test_fraction = folder.check_test_fraction(args.test_fraction)
+    folder.open_folder(manual_dir)  # fail fast, in one line, on a wrong folder
+    folder.PREPARE_OPTIONS.update(strict=args.strict, num_workers=args.workers)
   else:
     cfg.num_images = args.num_images
     cfg.shapes_seed = args.seed
@@ -102,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
 
   pp = sub.add_parser("prepare", help="build a TFDS dataset of images + GloVe caption tensors")
-  pp.add_argument("dataset", choices=["flickr8k", "shapes"])
+  pp.add_argument("dataset", choices=["flickr8k", "shapes", "folder"],
+                  help="folder: your own images/ + captions.csv or captions.jsonl")
   pp.add_argument("--data-dir", help="TFDS data folder (default: $T2I_DATA_DIR or "
                   "~/tensorflow_datasets)")
-  pp.add_argument("--manual-dir", help="flickr8k: folder with the images and captions")
+  pp.add_argument("--manual-dir", help="flickr8k, folder: folder with the images and captions")
   pp.add_argument("--glove", help="path to a GloVe .txt file (default: built-in GloVe 6B 50d)")
   pp.add_argument("--caption-mode", default="sum", choices=["sum", "mean", "sequence"])
   pp.add_argument("--max-len", type=int, default=32, help="sequence mode: words kept")
@@ -114,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
   pp.add_argument("--caption-dtype", default="float32", choices=["float32", "float16"])
   pp.add_argument("--image-mode", default="paper", choices=["paper", "center_crop"])
   pp.add_argument("--strict", action="store_true",
-                  help="flickr8k: a missing or corrupt image is an error, not a skip")
+                  help="flickr8k, folder: a missing or corrupt image is an error, not a skip")
+  pp.add_argument("--test-fraction", type=float, default=0.05,
+                  help="folder: share of the images in test, by a hash of each image's path "
+                  "(config key folder_test_fraction)")
   pp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   pp.add_argument("--num-images", type=int, default=20000, help="shapes: images in all")
   pp.add_argument("--seed", type=int, default=0, help="shapes: generator seed")

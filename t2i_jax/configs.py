@@ -35,10 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
   """Every shared key with its default; experiments copy this and change what they need."""
   c = ml_collections.ConfigDict()
   # Data (see t2i_jax.data.pipeline).
-  c.dataset = "shapes"  # shapes | flickr8k
+  c.dataset = "shapes"  # shapes | flickr8k | folder (your own images and captions)
   c.data_dir = ""  # TFDS data dir; '' = $T2I_DATA_DIR or ~/tensorflow_datasets
-  c.manual_dir = ""  # Flickr8k source folder, used to prepare it on first use
-  c.image_mode = "paper"  # Flickr8k image preprocessing
+  c.manual_dir = ""  # Flickr8k / captioned folder, used to prepare it on first use
+  c.image_mode = "paper"  # Flickr8k / folder image preprocessing
+  c.folder_test_fraction = 0.05  # folder: share of images in test (by a hash of the path)
   c.split_scheme = "paper"  # Flickr8k: 'paper' (caption #4 is test) or 'official'
   c.glove = ""  # '' = built-in GloVe 6B 50d, else a path to a GloVe text file
   c.caption_mode = "sum"  # sum | mean | sequence
@@ -157,9 +158,9 @@ def cvae_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
 
 
 # The data keys a multi-stage config shares between its stages (t2i_jax.train.stages).
-DATA_KEYS = ("dataset", "data_dir", "manual_dir", "image_mode", "split_scheme", "glove",
-             "caption_mode", "max_caption_len", "remove_stopwords", "caption_dtype",
-             "num_images", "shapes_seed", "seed")
+DATA_KEYS = ("dataset", "data_dir", "manual_dir", "image_mode", "folder_test_fraction",
+             "split_scheme", "glove", "caption_mode", "max_caption_len", "remove_stopwords",
+             "caption_dtype", "num_images", "shapes_seed", "seed")
 
 
 def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:

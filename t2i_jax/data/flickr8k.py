@@ -205,18 +205,18 @@ def _is_junk(member: str) -> bool:
 # Text files.
 
 
-def _decode_text(data: bytes, name: str) -> str:
+def _decode_text(data: bytes, name: str, like: str = " as in the Flickr8k release") -> str:
   """Decodes a text file as UTF-8; any other encoding is a UserError naming the file."""
   if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
     raise UserError(f"{name}: looks like UTF-16 (or binary) text; expected UTF-8 (plain "
-                    "ASCII) text as in the Flickr8k release. Re-save the file as UTF-8.")
+                    f"ASCII) text{like}. Re-save the file as UTF-8.")
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
     raise UserError(f"{name}, line {line}: byte 0x{data[e.start]:02x} is not valid UTF-8; "
-                    "expected UTF-8 (plain ASCII) text as in the Flickr8k release. Re-save "
-                    "the file as UTF-8.") from None
+                    f"expected UTF-8 (plain ASCII) text{like}. Re-save the file as UTF-8."
+                    ) from None
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -257,38 +257,49 @@ def parse_token_file(data: bytes, name: str) -> list[Pair]:
   return pairs
 
 
-def parse_kaggle_captions(data: bytes, name: str) -> list[Pair]:
-  """Parses Kaggle's ``captions.txt`` (CSV, header 'image,caption'); numbers by order."""
-  text = _decode_text(data, name)
+def caption_csv_rows(data: bytes, name: str, what: str = "Kaggle's captions.txt",
+                     like: str = " as in the Flickr8k release"
+                     ) -> Iterator[tuple[int, list[str], str, str]]:
+  """The rows of an 'image,caption' CSV after its header: (line, fields, image, caption).
+
+  Blank rows are skipped; an unquoted comma splits a caption into more fields, which are
+  joined back. A wrong header, a bad encoding or invalid CSV is a UserError naming the file
+  and the line (``what`` names the expected file in the header message). The Kaggle reader
+  and the captioned-folder reader (``t2i_jax.data.folder``) apply their rules on top.
+  """
+  text = _decode_text(data, name, like)
   reader = csv.reader(io.StringIO(text, newline=""))
-  pairs: list[Pair] = []
-  counts: collections.Counter[str] = collections.Counter()
   try:
     header = next(reader, None)
     if header is None or [h.strip().lower() for h in header] != ["image", "caption"]:
       got = ",".join(header or [])[:70]
-      raise UserError(f"{name}, line 1: expected the header 'image,caption' of Kaggle's "
-                      f"captions.txt, got {got!r}.")
+      raise UserError(f"{name}, line 1: expected the header 'image,caption' of {what}, "
+                      f"got {got!r}.")
     for row in reader:
-      lineno = reader.line_num
       if not any(field.strip() for field in row):
         continue
-      m = _IMAGE_NAME.match(row[0].strip())
-      # An unquoted comma splits a caption into more fields: join them back.
-      caption = ",".join(row[1:]).strip()
-      if len(row) < 2 or not m or not caption:
-        raise UserError(f"{name}, line {lineno}: expected '<image>.jpg,<caption>', got "
-                        f"{','.join(row)[:70]!r}. The caption file is malformed.")
-      image = m["image"]
-      index = counts[image]
-      if index >= CAPTIONS_PER_IMAGE:
-        raise UserError(f"{name}, line {lineno}: a caption #{index} for {image}; Flickr8k "
-                        f"has {CAPTIONS_PER_IMAGE} captions per image.")
-      counts[image] += 1
-      pairs.append(Pair(image, index, caption))
+      yield reader.line_num, row, row[0].strip(), ",".join(row[1:]).strip()
   except csv.Error as e:
     raise UserError(f"{name}, line {reader.line_num}: not valid CSV ({e}); the caption file "
                     "is malformed.") from None
+
+
+def parse_kaggle_captions(data: bytes, name: str) -> list[Pair]:
+  """Parses Kaggle's ``captions.txt`` (CSV, header 'image,caption'); numbers by order."""
+  pairs: list[Pair] = []
+  counts: collections.Counter[str] = collections.Counter()
+  for lineno, row, image_field, caption in caption_csv_rows(data, name):
+    m = _IMAGE_NAME.match(image_field)
+    if len(row) < 2 or not m or not caption:
+      raise UserError(f"{name}, line {lineno}: expected '<image>.jpg,<caption>', got "
+                      f"{','.join(row)[:70]!r}. The caption file is malformed.")
+    image = m["image"]
+    index = counts[image]
+    if index >= CAPTIONS_PER_IMAGE:
+      raise UserError(f"{name}, line {lineno}: a caption #{index} for {image}; Flickr8k "
+                      f"has {CAPTIONS_PER_IMAGE} captions per image.")
+    counts[image] += 1
+    pairs.append(Pair(image, index, caption))
   if not pairs:
     raise UserError(f"{name}: no captions after the header; expected lines "
                     "'<image>.jpg,<caption>'.")
@@ -720,11 +731,11 @@ class Report:
             f"{len(self.corrupt_images):,} unusable images ({self.pairs_skipped:,} pairs)")
 
 
-def write_log(report: Report, path: str | os.PathLike) -> Path:
+def write_log(report: Report, path: str | os.PathLike, title: str = "Flickr8k") -> Path:
   """Writes every missing or unusable image, one per line: 'status<TAB>image<TAB>reason'."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  lines = [f"# Flickr8k preparation: {report.summary()}", "# status\timage\treason"]
+  lines = [f"# {title} preparation: {report.summary()}", "# status\timage\treason"]
   lines += [f"missing\t{name}\tnamed by a caption but no such image file"
             for name in report.missing_images]
   lines += [f"corrupt\t{name}\t{' '.join(reason.split())}"

@@ -34,10 +34,12 @@ def rebuild_command(config) -> str:
   get = config.get
   name = get("dataset", "shapes")
   args = ["t2i", "prepare", name, "--force"]
-  if name == "flickr8k":
+  if name in ("flickr8k", "folder"):
     args += ["--manual-dir", get("manual_dir") or "DIR"]
     if get("image_mode", "paper") != "paper":
       args += ["--image-mode", get("image_mode")]
+    if name == "folder" and get("folder_test_fraction", 0.05) != 0.05:
+      args += ["--test-fraction", str(get("folder_test_fraction"))]
   else:
     if get("num_images", 20000) != 20000:
       args += ["--num-images", str(get("num_images"))]

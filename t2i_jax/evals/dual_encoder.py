@@ -71,10 +71,11 @@ def official_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return out
 
 
-def data_key(image_ids: Sequence[str], num_pairs: int, image_mode: str) -> dict[str, Any]:
+def data_key(image_ids: Sequence[str], num_pairs: int, image_mode: str,
+             dataset: str = "flickr8k") -> dict[str, Any]:
   """What identifies the training data in the cache key (not where it is stored)."""
   digest = hashlib.sha1("\n".join(sorted(map(str, image_ids))).encode()).hexdigest()[:16]
-  return {"dataset": "flickr8k", "image_mode": image_mode, "train_images": len(image_ids),
+  return {"dataset": dataset, "image_mode": image_mode, "train_images": len(image_ids),
           "train_pairs": int(num_pairs), "train_ids_sha1": digest}
 
 
@@ -251,17 +252,19 @@ class DualEncoder:
 def get_dual_encoder(config: ml_collections.ConfigDict, train_if_missing: bool = True,
                      cfg: DualConfig = DualConfig(), progress: bool = True,
                      table=None) -> DualEncoder:
-  """The cached dual encoder for the official train split of ``config``'s Flickr8k.
+  """The cached dual encoder for the official train split of ``config``'s Flickr8k (for a
+  captioned folder, ``t2i_jax.data.folder``: its train split).
 
   ``table`` (the official train split, as ``pipeline.load_table`` returns it) saves a
   second read when the caller has it.
   """
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  if config.dataset != "flickr8k":
-    raise UserError("the dual encoder is for Flickr8k runs; shapes runs use the scene reader.")
+  if config.dataset not in ("flickr8k", "folder"):
+    raise UserError("the dual encoder is for Flickr8k and captioned-folder runs; shapes runs "
+                    "use the scene reader.")
   if table is None:
     table = pipeline.load_table(official_config(config), "train")
-  data = data_key(table.image_ids, len(table), config.image_mode)
+  data = data_key(table.image_ids, len(table), config.image_mode, config.dataset)
   directory = cache_dir(cfg, data)
   cached = aux_net.load_params(directory)
   if cached is None:

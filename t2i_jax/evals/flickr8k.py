@@ -49,7 +49,7 @@ class Flickr8kEvaluator:
     # included: retrieval (like any model that memorises) can then return the test image.
     self.leaky = ("retrieved images are the dual encoder's own training images: "
                   "R-precision inflated")
-    if config.split_scheme == "paper":
+    if config.dataset == "flickr8k" and config.split_scheme == "paper":
       self.leaky += "; the retrieval pool holds captions #0-3 of the test images (paper split)"
     return []
 
@@ -120,4 +120,12 @@ class Flickr8kEvaluator:
             "test_pairs_available": int(self.pool_size)}
 
 
-__all__ = ["Flickr8kEvaluator"]
+class FolderEvaluator(Flickr8kEvaluator):
+  """The same metrics for a captioned folder (``t2i_jax.data.folder``): the dual encoder
+  trains on its train split and its whole test split is scored. It has no dev split, so the
+  real images get no FD/KID floor."""
+
+  dataset = "folder"
+
+
+__all__ = ["Flickr8kEvaluator", "FolderEvaluator"]
