@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam
   c.optimizer_kwargs = ml_collections.ConfigDict()
   c.learning_rate = 1e-3
+  c.warmup_steps = 0  # linear learning-rate warm-up over this many steps (0 = none)
+  c.grad_clip_norm = 0.0  # clip gradients to this global norm (0 = off)
   c.batch_size = 64
   c.num_epochs = 15
   c.max_steps = 0  # stop after this many optimiser steps in total; 0 = no limit
@@ -179,14 +181,15 @@ def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
   shared.remove_stopwords = False
   c = ml_collections.ConfigDict({k: shared[k] for k in DATA_KEYS})
   c.stages = ("stage1", "stage2")
-  ae = {"latent_channels": 4}
+  ae = {"channels": (128,), "latent_channels": 4, "num_res": 1, "patch": 4}
 
   s1 = ml_collections.ConfigDict(shared.to_dict())
   s1.model = "latent_ae"
   s1.model_kwargs = ml_collections.ConfigDict({"ae": ae})
-  s1.kl_weight = 1e-3
+  s1.kl_weight = 1e-4  # per latent dimension (methods.latent_ae): keeps small shapes sharp
   s1.optimizer = "adam"
-  s1.learning_rate = 1e-3
+  s1.learning_rate = 2e-3
+  s1.warmup_steps = 100
   s1.batch_size = 64
   s1.steps_per_scan = 1  # XLA:CPU runs conv gradients ~10x slower inside a scan
   s1.eval_batch_size = 250
@@ -196,10 +199,16 @@ def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
 
   s2 = ml_collections.ConfigDict(shared.to_dict())
   s2.model = "flow"
-  s2.model_kwargs = ml_collections.ConfigDict({"ae": ae, "patch": 4, "width": 128, "depth": 4,
-                                               "num_heads": 4, "max_len": 24})
-  s2.optimizer = "adam"
-  s2.learning_rate = 5e-4
+  # 16 tokens of width 128: at this scale optimiser steps bind, not model size
+  # (CPU_NOTES); two self-attention layers over the words before cross-attention.
+  s2.model_kwargs = ml_collections.ConfigDict({
+      "ae": ae, "patch": 4, "width": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4,
+      "text_layers": 2, "text_heads": 4, "max_len": 24})
+  s2.optimizer = "adamw"
+  s2.optimizer_kwargs = ml_collections.ConfigDict({"b2": 0.99})
+  s2.learning_rate = 1e-3
+  s2.warmup_steps = 200
+  s2.grad_clip_norm = 1.0
   s2.batch_size = 128
   s2.ema_decay = 0.999
   s2.cfg_drop_rate = 0.1

@@ -34,7 +34,7 @@ def keras_rmsprop(
   )
 
 
-OPTIMIZERS = ("rmsprop", "adam")
+OPTIMIZERS = ("rmsprop", "adam", "adamw")
 
 
 def make_optimizer(
@@ -48,4 +48,6 @@ def make_optimizer(
     return keras_rmsprop(learning_rate, **kwargs)
   if name == "adam":
     return optax.adam(learning_rate, **kwargs)
+  if name == "adamw":
+    return optax.adamw(learning_rate, **kwargs)
   raise UserError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")

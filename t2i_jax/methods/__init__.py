@@ -13,7 +13,7 @@ from typing import Type
 import ml_collections
 
 from t2i_jax.errors import UserError
-from t2i_jax.methods import base, cvae, paper_vae
+from t2i_jax.methods import base, cvae, flow, latent_ae, paper_vae
 from t2i_jax.methods.base import Method
 
 _REGISTRY: dict[str, Type[Method]] = {}
@@ -46,6 +46,8 @@ def get(config: ml_collections.ConfigDict) -> Method:
 for _name in ("model1", "model2", "model3"):
   register(_name, paper_vae.PaperVAEMethod)
 register("cvae", cvae.CVAEMethod)
+register("latent_ae", latent_ae.LatentAEMethod)
+register("flow", flow.FlowMethod)
 
 
 __all__ = ["Method", "available", "base", "get", "method_class", "register"]

@@ -341,21 +341,15 @@ def _int_option(name: str, value: Any) -> int:
   return int(f)
 
 
-def _first_images(config: ml_collections.ConfigDict, num_pairs: int) -> np.ndarray:
-  """Images of the first ``num_pairs`` training pairs of ``config``'s dataset, float [0, 1].
+def _first_images(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray:
+  """The first ``num_images`` distinct training images of ``config``'s dataset, float [0, 1].
 
-  Read straight from the prepared TFDS files (no full table), for the latent scale.
+  Read through the one data path (``pipeline.load_table``), for the latent scale.
   """
   from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
   common.host_only_tensorflow()
-  builder = pipeline.ensure_prepared(config)
-  splits, _ = pipeline.split_request(config, "train")
-  split = next(s for s in splits if s in builder.info.splits)
-  ds = builder.as_dataset(split=f"{split}[:{num_pairs}]", shuffle_files=False)
-  images = np.stack([ex["image"] for ex in ds.as_numpy_iterator()])
-  # Each image comes once per caption; keep distinct ones (order-preserving).
-  _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
-  return images[np.sort(first)].astype(np.float32) / 255.0
+  table = pipeline.load_table(config, "train")
+  return table.images[:num_images].astype(np.float32) / 255.0
 
 
 __all__ = ["FlowMethod", "SOLVERS", "ema_update"]

@@ -46,7 +46,10 @@ class TrainState(struct.PyTreeNode):
     params = optax.apply_updates(self.params, updates)
     ema = self.ema_params
     if ema is not None:
-      decay = jnp.float32(self.ema_decay)
+      # Warmed up (as in tf.train.ExponentialMovingAverage's num_updates): the decay grows
+      # as (1 + n) / (10 + n) to ema_decay, so a short run's EMA is not its init.
+      n = (self.step + 1).astype(jnp.float32)
+      decay = jnp.minimum(jnp.float32(self.ema_decay), (1.0 + n) / (10.0 + n))
       ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
@@ -68,15 +71,24 @@ class TrainState(struct.PyTreeNode):
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...]):
+def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...],
+               warmup_steps: int, grad_clip_norm: float):
   """One optax transformation per setting, so equal configs give equal (cache-hitting) states."""
-  return optim.make_optimizer(name, learning_rate, **dict(kwargs))
+  lr = learning_rate
+  if warmup_steps > 0:  # linear from 0 to the learning rate, then constant
+    lr = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
+  tx = optim.make_optimizer(name, lr, **dict(kwargs))
+  if grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimiser of ``config``: its name and kwargs, learning-rate warm-up, gradient clip."""
   kwargs = config.optimizer_kwargs
   kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
-  return _optimizer(config.optimizer, float(config.learning_rate), tuple(sorted(kwargs.items())))
+  return _optimizer(config.optimizer, float(config.learning_rate), tuple(sorted(kwargs.items())),
+                    int(config.warmup_steps), float(config.grad_clip_norm))
 
 
 def image_to_float(image: jax.typing.ArrayLike) -> jax.Array:
