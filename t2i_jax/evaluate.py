@@ -234,6 +234,12 @@ class Source:
   name: str
   images: Callable[[int], np.ndarray]
   random: bool  # True: scored for every seed; False: once
+  # A model's: (rows of the scored captions, n) -> uint8 [R, n, 64, 64, 3], n samples each.
+  draw: Callable[[np.ndarray, int], np.ndarray] | None = None
+
+
+# Seed of the extra samples drawn to measure a model's spread (Evaluator.spread).
+SPREAD_SEED = 1000
 
 
 def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any]) -> Source:
@@ -246,7 +252,11 @@ def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any]) 
                                 options=options)[:, 0]
     return cache[seed]
 
-  return Source(name, images, random=True)
+  def draw(rows: np.ndarray, n: int) -> np.ndarray:
+    return sample.draw(gen.method, gen.params, gen.frozen, text[rows], n=n, seed=SPREAD_SEED,
+                       options=options)
+
+  return Source(name, images, random=True, draw=draw)
 
 
 def _fixed_source(name: str, images: np.ndarray) -> Source:
@@ -358,6 +368,9 @@ class Evaluator(Protocol):
   def meta(self) -> dict[str, Any]:
     """What the report says about the scoring network."""
 
+  # Optional: spread(split, model, draw) -> entries, where ``draw(rows, n)`` gives a
+  # model's n samples for each of the scored captions ``rows`` (does it pick a layout?).
+
 
 def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seeds: int,
                      baseline=None, out_dir: Path, progress: bool = True,
@@ -389,6 +402,8 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
       per_seed = [evaluator.score(source.images(seed))
                   for seed in range(seeds if source.random else 1)]
       results += evaluator.entries(split, source.name, len(idx), per_seed)
+      if source.draw is not None and hasattr(evaluator, "spread"):
+        results += evaluator.spread(split, source.name, source.draw)
     path = out_dir / f"{evaluator.dataset}_{split}.png"
     _grid(path, table.captions[idx], _grid_columns(sources[:-1], real, seeds))
     pictures.append(str(path))

@@ -154,6 +154,11 @@ def shapes_scores(pred: Mapping[str, np.ndarray], stated: np.ndarray
 # ---------------------------------------------------------------------------- evaluator
 
 
+# open_cell_diversity: samples per caption, and how many cell-open captions are drawn.
+SPREAD_SAMPLES = 8
+SPREAD_CAPTIONS = 200
+
+
 class ShapesEvaluator:
   """Scene-reader metrics on the test and compositional splits (see ``t2i_jax.evaluate``).
 
@@ -209,6 +214,25 @@ class ShapesEvaluator:
           totals[key] = total
     return [entry(key if key == "all_stated_correct" else f"stated_accuracy/{key}", split,
                   model, totals[key], v) for key, v in values.items()]
+
+  def spread(self, split: str, model: str, draw) -> list[dict[str, Any]]:
+    """open_cell_diversity: of the scored captions that state no cell, the share whose
+    SPREAD_SAMPLES samples put objects in at least two different sets of cells.
+
+    A model that averages the open choices draws the same (blurred) layout every time and
+    scores near 0; one that samples a layout per draw scores near 1.
+    """
+    rows = np.array([i for i, stated in enumerate(self.stated)
+                     if all(m[3] < 0 for m in S.stated_mentions(stated))][:SPREAD_CAPTIONS],
+                    np.int64)
+    if rows.size == 0:
+      return []
+    images = draw(rows, SPREAD_SAMPLES)
+    present = self.reader.predict(images.reshape((-1,) + images.shape[2:]))["present"]
+    present = np.asarray(present).reshape(rows.size, SPREAD_SAMPLES, -1)
+    varied = [len({tuple(p) for p in present[r]}) >= 2 for r in range(rows.size)]
+    return [entry("open_cell_diversity", split, model, rows.size, [float(np.mean(varied))],
+                  seeds=1, samples_per_caption=SPREAD_SAMPLES)]
 
   def meta(self) -> dict[str, Any]:
     return {"scene_reader": {k: self.reader.meta.get(k) for k in (
