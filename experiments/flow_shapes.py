@@ -22,7 +22,7 @@ def get_config():
   Data: shapes, 20,000 images (18,000 train / 1,000 test / 1,000 compositional images,
   5 captions each), GloVe 50d word sequences, stopwords kept, <= 24 words.
   Stage 1: LatentAE (space-to-depth 4, one 128-channel residual block), 16x16x4 latent,
-  loss MSE + 1e-4 x KL per latent dim, Adam 2e-3 (100 warm-up steps), batch 64, 1,500 steps.
+  loss MSE + 1e-4 x KL per latent dim, Adam 2e-3 (100 warm-up steps), batch 64, 1,000 steps.
   Stage 2: FlowDiT, 16 tokens (patch 4) of width 128, depth 4, two self-attention layers
   over the words, adaLN on time + pooled caption, cross-attention to the words; logit-normal
   t, 10% caption dropout; AdamW 1e-3 (b2 0.99, 200 warm-up steps, clip 1), batch 128,
@@ -34,7 +34,7 @@ def get_config():
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000
-  c.stage1.max_steps = 1500
+  c.stage1.max_steps = 1000
   c.stage2.max_steps = 15000
   c.stage1.num_epochs = 100  # max_steps ends each stage
   c.stage2.num_epochs = 100

@@ -392,8 +392,13 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
     pool = evaluator.eligible(table)
     idx = pool[_subset(len(pool), num)]
     real = table.images[table.image_index[idx]]
-    sources = [_model_source(gen.config.model, gen, table.text[idx],
-                             gen.default_options() if options is None else options)]
+    if gen.method.GENERATES:
+      sources = [_model_source(gen.config.model, gen, table.text[idx],
+                               gen.default_options() if options is None else options)]
+    else:  # a first stage: how well its reconstructions of the real images read
+      from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+      sources = [_fixed_source(f"{gen.config.model}_reconstruction",
+                               sample.reconstruct(gen, real))]
     sources += _baseline_sources(train, baseline, table, idx)
     sources.append(_fixed_source("real", real))
     results += evaluator.begin_split(split, table, idx, real)
@@ -444,7 +449,7 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
     raise UserError(f"--seeds must be at least 1, got {seeds}.")
   if num is not None and num < 1:
     raise UserError(f"--num must be at least 1, got {num}.")
-  gen = sample.load_generator(workdir)
+  gen = sample.load_generator(workdir, generating=False)
   config = _override_data_dir(gen.config, data_dir)
   baseline = None
   if baseline_workdir:
@@ -460,7 +465,7 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   common.host_only_tensorflow()
   out_dir = gen.workdir / "eval"
   dataset = config.dataset
-  options = sample.resolve_options(gen.method, gen.config, options)
+  options = sample.resolve_options(gen.method, gen.config, options) if gen.method.GENERATES else {}
   results, meta = evaluate_dataset(
       _evaluator(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
       num=num, seeds=seeds, baseline=baseline, out_dir=out_dir, progress=progress,

@@ -68,8 +68,12 @@ class Generator:
     return self.method.default_options(self.config)
 
 
-def load_generator(workdir: str | Path) -> Generator:
-  """The latest checkpoint of ``workdir`` with its method, caption spec and GloVe vectors."""
+def load_generator(workdir: str | Path, generating: bool = True) -> Generator:
+  """The latest checkpoint of ``workdir`` with its method, caption spec and GloVe vectors.
+
+  ``generating`` False also loads runs of families that draw nothing from captions (a first
+  stage), for ``reconstruct``.
+  """
   path = Path(workdir).expanduser()
   if not path.exists():
     raise UserError(f"workdir {workdir} does not exist; pass the --workdir of a training run.")
@@ -86,12 +90,13 @@ def load_generator(workdir: str | Path) -> Generator:
   finally:
     absl_logger.setLevel(level)
   method = methods.get(config)
-  if not method.GENERATES:
+  if generating and not method.GENERATES:
     raise UserError(f"the run in {workdir} ({config.model}) does not draw images from "
                     "captions; sample from a run of a text-to-image model.")
   spec = pipeline.caption_spec(config)
   glove = spec.load_glove()
-  _check_text_dim(method, params, frozen, spec, glove, path)
+  if method.GENERATES:
+    _check_text_dim(method, params, frozen, spec, glove, path)
   return Generator(workdir=path, config=config, params=params, step=step, method=method,
                    spec=spec, glove=glove, frozen=frozen)
 
@@ -232,6 +237,28 @@ def draw(method: methods.Method, params: Any, frozen: Any, text: np.ndarray, *, 
                       sample_id[rows], key, options=static))
   images = np.concatenate([np.asarray(o) for o in jax.device_get(outputs)])[:total]
   return images.reshape((num, n) + images.shape[1:])
+
+
+@functools.lru_cache(maxsize=8)
+def _reconstruct_fn(method: methods.Method):
+
+  @jax.jit
+  def fn(params, frozen, images):
+    out = method.reconstruct(params, images.astype(jnp.float32) / 255.0, frozen)
+    return jnp.clip(jnp.round(jnp.nan_to_num(out, nan=0.0) * 255.0), 0, 255).astype(jnp.uint8)
+
+  return fn
+
+
+def reconstruct(gen: Generator, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
+  """uint8 images [N, 64, 64, 3] -> the run's reconstructions of them (a first stage)."""
+  fn = _reconstruct_fn(gen.method)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = np.asarray(images[start:start + batch_size])
+    padded = pipeline.pad_leading({"x": chunk}, batch_size)["x"]  # one compiled shape
+    out.append(np.asarray(fn(gen.params, gen.frozen, padded))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
 
 
 def generate_from_tensors(gen: Generator, text: np.ndarray, n: int, seed: int = 0,
@@ -435,6 +462,7 @@ def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0
 
 __all__ = [
     "Generator", "atomic_save", "compare_grid", "draw", "encode_captions", "generate",
-    "generate_from_tensors", "grid_layout", "load_generator", "load_png", "resolve_options",
+    "generate_from_tensors", "grid_layout", "load_generator", "load_png", "reconstruct",
+    "resolve_options",
     "sample_grid", "save_grid",
 ]

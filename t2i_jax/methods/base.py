@@ -67,6 +67,11 @@ class Method:
     """
     raise NotImplementedError
 
+  def reconstruct(self, params: Params, images: Array, frozen: Params | None = None) -> Array:
+    """Float images [B, 64, 64, 3] -> their reconstructions, for families that encode
+    images (a first stage): ``t2i evaluate`` scores these where a family draws nothing."""
+    raise NotImplementedError(f"{type(self).__name__} does not reconstruct images")
+
   def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` validated and converted (raise UserError with one line when wrong)."""
     return dict(options)

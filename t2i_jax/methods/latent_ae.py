@@ -133,6 +133,11 @@ class LatentAEMethod(Method):
   def decode(self, params: Params, z: Array) -> Array:
     return self.model.apply({"params": params}, z, method=self.model.decode)
 
+  def reconstruct(self, params: Params, images: Array, frozen: Params | None = None) -> Array:
+    """Decodes the posterior mean of ``images``: what stage 2 can at best reproduce."""
+    del frozen
+    return self.model.apply({"params": params}, images, None)["recon"]
+
   def generate(self, params, text, mask, keys, frozen=None, **options):
     raise UserError("latent_ae is a first stage (an image autoencoder): it draws no image "
                     "from a caption; sample from the flow run trained on top of it.")
