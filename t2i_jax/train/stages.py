@@ -28,7 +28,9 @@ def stage_configs(config: ml_collections.ConfigDict,
   workdir = Path(workdir).expanduser()
   out = []
   previous = None
-  shared = [k for k in config.keys() if k != "stages" and k not in config.stages]
+  # Stage configs are sub-dicts; every plain top-level value is shared data.
+  shared = [k for k in config.keys()
+            if k != "stages" and not isinstance(config[k], ml_collections.ConfigDict)]
   for name in config.stages:
     if name not in config:
       raise UserError(f"config.stages names {name!r}, but the config has no {name!r} entry.")

@@ -1,0 +1,106 @@
+"""The two-stage flow family through the trainer: both stages, resume at either stage,
+sampling options from the command line.
+
+Tiny sizes (40 shapes images, width-32 DiT, a few steps): what is checked is the program,
+not the quality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from t2i_jax import checkpoint, cli, configs, train
+
+# Two stages compile a conv VAE and a transformer (~1 min on an idle 2-core VM, several
+# under load): the whole module runs in CI's slow pass (`pytest -m slow`).
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+def _config(data_dir, **stage_changes):
+  c = configs.flow_config("shapes")
+  c.num_images = 40
+  c.data_dir = str(data_dir)
+  for stage in (c.stage1, c.stage2):
+    stage.update(max_steps=STEPS, num_epochs=10, batch_size=8, eval_batch_size=8,
+                 log_every_steps=2, checkpoint_every_steps=2, warmup_steps=2)
+  c.stage1.model_kwargs.ae.channels = (16,)
+  c.stage2.model_kwargs.ae.channels = (16,)
+  c.stage2.model_kwargs.update(width=32, depth=1, num_heads=2, text_heads=2, text_layers=1)
+  c.stage2.sample_steps = 3
+  for key, value in stage_changes.items():
+    stage, name = key.split("__")
+    c[stage][name] = value
+  return c
+
+
+def _leaves(workdir):
+  _, params, step = checkpoint.restore_for_inference(workdir)
+  return step, [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("flow")
+  train.train_stages(_config(base / "tfds"), base / "full")
+  return base
+
+
+def test_both_stages_train_and_the_second_reads_the_first(flow_run):
+  run = flow_run / "full"
+  assert json.loads((run / "stages.json").read_text())["final"] == "stage2"
+  for stage in ("stage1", "stage2"):
+    step, leaves = _leaves(run / stage)
+    assert step == STEPS and all(np.isfinite(x).all() for x in leaves)
+  records = [json.loads(line) for line in (run / "stage2" / "metrics.jsonl").read_text().splitlines()]
+  test = [r for r in records if r["split"] == "test"][-1]
+  assert np.isfinite(test["v_mse"]) and test["num_examples"] == 10
+  # The frozen first stage is stored once with the second, and equals the first's params.
+  frozen = checkpoint.load_frozen(run / "stage2")
+  _, first, _ = checkpoint.restore_for_inference(run / "stage1")
+  for a, b in zip(jax.tree.leaves(frozen["params"]), jax.tree.leaves(first)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(frozen["latent_scale"]) > 0
+  assert (run / "stage2" / "samples" / f"eval_{STEPS}.png").is_file()
+
+
+def test_resume_at_either_stage_is_bitwise_the_uninterrupted_run(flow_run):
+  data, cut = flow_run / "tfds", flow_run / "cut"
+  # Stopped inside stage 1 (only stage 1 run, to step 2), then inside stage 2 (step 2).
+  first_only = _config(data, stage1__max_steps=2)
+  first_only.stages = ("stage1",)
+  train.train_stages(first_only, cut)
+  train.train_stages(_config(data, stage2__max_steps=2), cut)
+  assert _leaves(cut / "stage2")[0] == 2
+  train.train_stages(_config(data), cut)
+  for stage in ("stage1", "stage2"):
+    step_a, a = _leaves(flow_run / "full" / stage)
+    step_b, b = _leaves(cut / stage)
+    assert step_a == step_b == STEPS
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_sampling_options_from_the_command_line(flow_run, tmp_path, capsys):
+  run = str(flow_run / "full")  # the two-stage folder: sampling reads its final stage
+  npz = tmp_path / "s.npz"
+  assert cli.main(["sample", "--workdir", run, "a red circle above a blue square",
+                   "a blue square", "-n", "3", "--guidance", "2", "--steps", "2",
+                   "--solver", "heun", "--out", str(tmp_path / "g.png"), "--npz", str(npz)]) == 0
+  with np.load(npz, allow_pickle=False) as data:
+    assert data["images"].shape == (2, 3, 64, 64, 3) and data["images"].dtype == np.uint8
+    assert list(data["captions"]) == ["a red circle above a blue square", "a blue square"]
+    assert float(data["option_guidance"]) == 2.0 and int(data["option_steps"]) == 2
+  capsys.readouterr()
+  for bad, words in ((["--steps", "0"], "--steps must be at least 1"),
+                     (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+                     (["--solver", "rk9"], "solver"),
+                     (["--temperature", "0.5"], "has no sampling temperature")):
+    assert cli.main(["sample", "--workdir", run, "a red circle", *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
