@@ -4,6 +4,7 @@ Command:
   python -m experiments.bench_train                      # all rows, here and on 4 CPU devices
   python -m experiments.bench_train --config.quick=True  # a few steps (the project test)
   python -m experiments.bench_train --config.forced_devices=0   # this machine's devices only
+  python -m experiments.bench_train --config.processes=2   # + the rows on 2 local processes
 
 Each row times ``train.train_chunk`` (one jitted lax.scan of ``steps_per_scan`` optimiser
 steps) on the mesh of all devices, as ``train_and_evaluate`` runs it: state replicated,
@@ -14,7 +15,11 @@ itself (as with data_on_device), not the input pipeline (see bench_pipeline). On
 extrapolated to the 32,364 training pairs of the paper's Flickr8k split. With
 ``forced_devices`` > 0 the same rows run again in a subprocess on that many forced CPU
 devices (XLA_FLAGS=--xla_force_host_platform_device_count); rows whose batch does not
-split over the devices are skipped. The last line printed is JSON.
+split over the devices are skipped. With ``processes`` > 1 the rows run once more on that
+many local processes joined by ``jax.distributed`` (coordinator on 127.0.0.1, gloo CPU
+collectives), ``process_devices`` forced CPU devices each, every process feeding its slice
+of each batch: the multi-host program end to end. Those rows test the program, not speed
+(the processes share this machine's cores). The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
       "precision": "float32",
       "model_kwargs": "",  # a dict literal applied to every row's model ('' = defaults)
       "forced_devices": 4,  # > 0: also run the rows on this many forced CPU devices
+      "processes": 0,  # > 1: also run the rows on this many local processes (jax.distributed)
+      "process_devices": 2,  # forced CPU devices per process, with processes > 1
       "quick": False,  # a few steps of small rows: keeps this module from rotting (tests)
       "child": False,  # internal: this process is the forced-device subprocess
       "seed": 0,
@@ -107,10 +114,12 @@ def run_rows(config) -> list[dict]:
   from t2i_jax import bench, models, parallel, train  # pylint: disable=import-outside-toplevel
   mesh = parallel.make_mesh()
   n_dev = mesh.devices.size
+  main = parallel.is_main_process()
   rng = np.random.default_rng(config.seed)
   rows = []
   for model, batch, chunk in config.rows:
     row = {"model": model, "batch_size": batch, "steps_per_scan": chunk, "devices": n_dev,
+           "processes": jax.process_count(),
            "device_kind": jax.devices()[0].device_kind, "precision": config.precision}
     if model not in models.available_models():
       rows.append({**row, "skipped": f"model {model!r} is not registered"})
@@ -124,7 +133,8 @@ def run_rows(config) -> list[dict]:
     state = parallel.replicate(train.create_train_state(
         c, init_rng, {k: v[0] for k, v in host.items()}), mesh)
     train_rng = parallel.replicate(train_rng, mesh)
-    batches = parallel.shard_local(host, mesh)
+    batches = parallel.shard_local(parallel.process_slice(host, axis=1), mesh)  # this
+    # process's slice of every batch, as the trainer feeds it
     t0 = time.perf_counter()
     state, metrics = train.train_chunk(state, batches, train_rng)
     jax.block_until_ready(metrics)
@@ -147,9 +157,12 @@ def run_rows(config) -> list[dict]:
     if mem:
       row["device_memory_mb"] = mem
     rows.append(row)
-    print(f"{model:7s} batch {batch:5d} x{n_dev} dev: {row['samples_per_s']:10.1f} samples/s "
-          f"{ms:9.3f} ms/step  epoch {row['epoch_s']:8.1f} s  (first call "
-          f"{compile_s:.1f} s)", flush=True)
+    if main:
+      where = f"x{n_dev} dev" + (f" / {jax.process_count()} processes"
+                                 if jax.process_count() > 1 else "")
+      print(f"{model:7s} batch {batch:5d} {where}: {row['samples_per_s']:10.1f} samples/s "
+            f"{ms:9.3f} ms/step  epoch {row['epoch_s']:8.1f} s  (first call "
+            f"{compile_s:.1f} s)", flush=True)
   return rows
 
 
@@ -172,8 +185,40 @@ def _forced_rows(config) -> list[dict]:
   return json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
 
 
+def _process_rows(config) -> list[dict]:
+  """The same rows on ``processes`` local processes: process 0's rows (global devices)."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  args = [sys.executable, "-m", "experiments.bench_train", "--config.child=True",
+          f"--config.repeats={config.repeats}", f"--config.precision={config.precision}",
+          f"--config.min_steps_timed={config.min_steps_timed}",
+          f"--config.seed={config.seed}", f"--config.model_kwargs={config.model_kwargs}"]
+  procs = []
+  for i in range(config.processes):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES=str(config.processes), JAX_PROCESS_ID=str(i),
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                          f"device_count={config.process_devices}").strip())
+    env[_ROWS_ENV] = json.dumps(config.rows)
+    procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate() for p in procs]
+  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+    if p.returncode != 0:
+      raise RuntimeError(f"process {i} of {config.processes} failed:\n{err[-3000:]}")
+  out = outs[0][0]
+  for line in out.splitlines():
+    if not line.startswith("{") and not line.startswith("machine:"):
+      print(line)
+  return json.loads(out.strip().splitlines()[-1])["rows"]
+
+
 def run(config) -> dict:
-  from t2i_jax import bench  # pylint: disable=import-outside-toplevel
+  from t2i_jax import bench, parallel  # pylint: disable=import-outside-toplevel
+  if config.child:  # one of several processes when the launcher set JAX_COORDINATOR_ADDRESS...
+    parallel.maybe_initialize_distributed()
   if config.child and os.environ.get(_ROWS_ENV):
     config.rows = tuple(tuple(r) for r in json.loads(os.environ[_ROWS_ENV]))
   elif config.quick:
@@ -182,6 +227,8 @@ def run(config) -> dict:
   rows = run_rows(config)
   if config.forced_devices > 0 and not config.child:
     rows += _forced_rows(config)
+  if config.processes > 1 and not config.child:
+    rows += _process_rows(config)
   return {"machine": bench.machine(), "data": "synthetic random, real shapes",
           "epoch_pairs": EPOCH_PAIRS, "rows": rows, **{
               f"final_{k}": v for k, v in bench.peak_rss_mb().items()}}

@@ -265,12 +265,21 @@ def restore_for_inference(
 FROZEN_DIR = "frozen"
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Orbax options for a save or read by this process alone, with no barrier that would wait
+  for the other processes of a multi-host run (only process 0 stores the frozen params)."""
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                            barrier_sync_key_prefix=f"frozen_{me}")
+
+
 def save_frozen(workdir: str | Path, frozen: Any) -> Path:
   """Stores a run's frozen params once, in WORKDIR/frozen (written whole or not at all)."""
   path = Path(workdir).expanduser().absolute() / FROZEN_DIR
   if path.exists():
     return path
-  with ocp.StandardCheckpointer() as saver:
+  frozen = jax.device_get(frozen)  # host copies: Orbax refuses host-local arrays
+  with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as saver:
     saver.save(path, frozen)  # Orbax writes a temporary folder and renames it when complete
     saver.wait_until_finished()
   return path
@@ -283,7 +292,7 @@ def load_frozen(workdir: str | Path) -> Any | None:
     return None
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    with ocp.StandardCheckpointer() as reader:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as reader:
       meta = reader.metadata(path)
       meta = getattr(meta, "item_metadata", meta)
       meta = getattr(meta, "tree", meta)

@@ -11,7 +11,13 @@ holds another host's examples.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -25,6 +31,8 @@ DATA_AXIS = "data"
 # Set by a launcher that starts one process per host (see the README): all three together
 # mean "initialise jax.distributed", as config.distributed=True does.
 _ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+TIMEOUT_ENV = "T2I_DISTRIBUTED_TIMEOUT_S"  # how long a process waits for the others at start
+DEFAULT_TIMEOUT_S = 300  # JAX's own default initialization_timeout
 
 
 def maybe_initialize_distributed(config=None) -> bool:
@@ -35,6 +43,12 @@ def maybe_initialize_distributed(config=None) -> bool:
   cluster auto-detection (SLURM, Open MPI, TPU pods, ...). Without it, the three variables
   together also trigger it. Must run before anything touches a JAX device; a second call is
   a no-op. Returns whether jax.distributed is (now) initialised.
+
+  On CPU, several processes need real cross-process collectives: ``gloo`` is selected
+  (``jax_cpu_collectives_implementation``) unless one is set already. A process that has
+  not connected all the others within $T2I_DISTRIBUTED_TIMEOUT_S seconds (default 300)
+  stops with one ``error:`` line naming the coordinator and the missing process, instead
+  of JAX's own abort (its connect cannot be interrupted, so this exits with status 2).
   """
   from jax._src import distributed as _dist  # pylint: disable=import-outside-toplevel
   if getattr(_dist.global_state, "client", None) is not None:
@@ -49,13 +63,146 @@ def maybe_initialize_distributed(config=None) -> bool:
     kwargs = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
               "num_processes": int(env["JAX_NUM_PROCESSES"]),
               "process_id": int(env["JAX_PROCESS_ID"])}
-  try:
-    jax.distributed.initialize(**kwargs)
-  except (RuntimeError, ValueError) as e:
-    raise UserError(f"jax.distributed.initialize failed ({e}); set JAX_COORDINATOR_ADDRESS="
-                    "HOST:PORT, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host, or run "
-                    "under a cluster manager JAX detects (SLURM, Open MPI).") from None
+  timeout = distributed_timeout_s()
+  if kwargs.get("num_processes", 2) > 1:
+    _use_cpu_collectives()
+  done, failure = threading.Event(), []
+
+  def connect() -> None:
+    try:  # JAX's own deadline later than ours: ours reports first, in one line
+      jax.distributed.initialize(**kwargs, initialization_timeout=timeout + 60)
+    except (RuntimeError, ValueError) as e:
+      failure.append(e)
+    finally:
+      done.set()
+
+  threading.Thread(target=connect, name="t2i-distributed-init", daemon=True).start()
+  if not done.wait(timeout):
+    print(f"error: {_missing_message(kwargs, timeout)}", file=sys.stderr, flush=True)
+    os._exit(2)  # pylint: disable=protected-access
+  if failure:
+    raise UserError(f"jax.distributed.initialize failed ({failure[0]}); set "
+                    "JAX_COORDINATOR_ADDRESS=HOST:PORT, JAX_NUM_PROCESSES and JAX_PROCESS_ID "
+                    "on every host, or run under a cluster manager JAX detects (SLURM, "
+                    "Open MPI).") from None
   return True
+
+
+def distributed_timeout_s() -> int:
+  """Seconds a process waits for all the others at start ($T2I_DISTRIBUTED_TIMEOUT_S)."""
+  raw = os.environ.get(TIMEOUT_ENV, "")
+  try:
+    value = int(float(raw)) if raw.strip() else DEFAULT_TIMEOUT_S
+  except ValueError:
+    raise UserError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds.") from None
+  if value < 1:
+    raise UserError(f"{TIMEOUT_ENV} must be at least 1 second, got {raw!r}.")
+  return value
+
+
+def _use_cpu_collectives() -> None:
+  """gloo for cross-process collectives on CPU (JAX's default is none in older versions);
+  it only concerns the CPU backend, so GPU and TPU runs are unaffected."""
+  try:
+    current = jax.config.jax_cpu_collectives_implementation
+  except AttributeError:
+    return
+  if current in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def _missing_message(kwargs: dict[str, Any], timeout: int) -> str:
+  """The one line of a start that timed out: who waits, for whom, at which coordinator."""
+  address = kwargs.get("coordinator_address") or "the auto-detected coordinator"
+  count, me = kwargs.get("num_processes"), kwargs.get("process_id")
+  if count is None or me is None:
+    missing = "some process"
+  elif me != 0 and not _reachable(address):
+    missing = "process 0 (the coordinator)"
+  else:
+    others = [i for i in range(count) if i not in (me, 0)] if me != 0 else list(range(1, count))
+    missing = (f"process {others[0]}" if len(others) == 1 else
+               f"at least one of processes {', '.join(map(str, others))}")
+  return (f"process {me} of {count} waited {timeout} s at the coordinator {address} and "
+          f"{missing} never joined; start it (JAX_PROCESS_ID) with the same "
+          f"JAX_COORDINATOR_ADDRESS, or raise {TIMEOUT_ENV}.")
+
+
+def _reachable(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+# Keys that may differ between the processes of one run: where each host finds its data.
+_PER_HOST_KEYS = frozenset({"data_dir", "manual_dir", "distributed"})
+_TOKEN_NAME = ".t2i_processes"
+
+
+def config_fingerprint(config) -> str:
+  """SHA-256 of the config as JSON, less the keys each host may set for itself."""
+  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
+  data = {k: v for k, v in configs.to_json_dict(config).items() if k not in _PER_HOST_KEYS}
+  return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def check_same_run(config, workdir) -> None:
+  """With several processes: the same config and one shared workdir, or a UserError on all.
+
+  Compares a hash of each process's config (two small all-gathers; on a mismatch the
+  differing keys are named) and proves the workdir shared: process 0 writes a random token
+  into it, and every process must read that token back after a barrier. Every process
+  reaches the same verdict, so none is left waiting in a collective. A no-op on one process.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return
+  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
+  me = jax.process_index()
+  workdir = Path(workdir).expanduser().absolute()
+  token_path = workdir / _TOKEN_NAME
+  token = np.zeros(2, np.int32)
+  if me == 0:
+    token = np.frombuffer(os.urandom(8), np.int32).copy()
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      token_path.write_text(" ".join(map(str, token.tolist())))
+    except OSError:
+      token[:] = 0  # the others cannot see it; ensure_writable names the problem later
+  digest = np.frombuffer(bytes.fromhex(config_fingerprint(config))[:16], np.int32)
+  text = json.dumps(configs.to_json_dict(config), sort_keys=True).encode()
+  mine = np.concatenate([digest, token, np.int32([len(text)])]).astype(np.int32)
+  every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 7]; a barrier
+  other = [p for p in range(len(every)) if not np.array_equal(every[p, :4], every[0, :4])]
+  if other:  # every process sees the same table, so all take this branch together
+    size = int(every[:, 6].max())
+    padded = np.frombuffer(text.ljust(size), np.uint8)
+    texts = np.asarray(multihost_utils.process_allgather(padded))
+    first, theirs = (json.loads(bytes(texts[p]).decode()) for p in (0, other[0]))
+    diffs = [f"{k}: {first.get(k)!r} vs {theirs.get(k)!r}"
+             for k in sorted(set(first) | set(theirs))
+             if k not in _PER_HOST_KEYS and first.get(k) != theirs.get(k)]
+    raise UserError(
+        f"process {other[0]} was started with another config than process 0 "
+        f"({'; '.join(diffs[:4]) or 'same keys, different values'}); start every process "
+        "with the same config file and --config overrides.")
+  seen = False
+  try:
+    seen = token_path.read_text().split() == [str(x) for x in every[0, 4:6].tolist()]
+  except (OSError, ValueError):
+    pass
+  seen_all = np.asarray(multihost_utils.process_allgather(np.int32([seen]))).reshape(-1)
+  if me == 0:
+    token_path.unlink(missing_ok=True)
+  if not seen_all.all():
+    blind = [str(p) for p in range(len(seen_all)) if not seen_all[p]]
+    raise UserError(
+        f"the workdir {workdir} is not shared: process(es) {', '.join(blind)} do not see the "
+        "file process 0 wrote into it; give every process the same --workdir on storage all "
+        "hosts see (e.g. NFS).")
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -145,7 +292,8 @@ def is_main_process() -> bool:
 
 
 __all__ = [
-    "DATA_AXIS", "batch_sharding", "check_batch_size", "is_main_process", "make_mesh",
+    "DATA_AXIS", "TIMEOUT_ENV", "batch_sharding", "check_batch_size", "check_same_run",
+    "config_fingerprint", "distributed_timeout_s", "is_main_process", "make_mesh",
     "maybe_initialize_distributed", "pad_to_multiple", "process_slice", "replicate",
     "replicated", "shard_local",
 ]

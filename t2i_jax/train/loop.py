@@ -226,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """
   validate(config)
   parallel.maybe_initialize_distributed(config)  # before anything touches a device
+  parallel.check_same_run(config, workdir)  # processes: one config, one shared workdir
   workdir = Path(workdir).expanduser()
   common.host_only_tensorflow()
   builder = pipeline.ensure_prepared(config)
