@@ -1,16 +1,26 @@
-"""The jitted training step, and K of them in one ``lax.scan``.
+"""The jitted training step, and K of them in one jitted loop.
 
   * ``train_step`` is pure; the randomness of optimiser step ``s`` is
     ``fold_in(base_key, s)``, so it depends on (seed, step) only, never on how steps are
     grouped into jitted calls or where a run was interrupted.
-  * ``train_chunk`` runs up to K steps in one jitted ``lax.scan`` (batch size 1, as in the
-    paper, is dispatch-bound otherwise). Every call has the same shape [K, B, ...]: a short
-    chunk (epoch end, resume point, end of run) is zero-padded and the padded steps' updates
-    are discarded. One compiled program thus runs every step of a run, which is what makes
-    a resumed run bitwise identical to an uninterrupted one.
+  * ``train_chunk`` runs up to K steps in one jitted ``lax.fori_loop`` (batch size 1, as in
+    the paper, is dispatch-bound otherwise). Every call has the same shape [K, B, ...]: a
+    short chunk (epoch end, resume point, end of run) is zero-padded, and the loop runs
+    only its ``num_steps`` real steps (a dynamic trip count; the padding is never
+    computed). One compiled program thus runs every step of a run, which is what makes a
+    resumed run bitwise identical to an uninterrupted one.
+  * Non-finite steps: 'stop' checks the loss at every step (free) and the params once per
+    chunk (non-finite params are absorbing); when either is non-finite, the chunk is
+    replayed with the per-step check of the params to name the first bad step exactly.
+    'skip' checks the loss and the updated params at every step.
   * The family's ``method.loss`` is the only model-specific call: the metrics logged are
     whatever keys it returns.
-"""
+
+Measured on the 2-core CPU VM (``experiments.bench_peers``, model 1 at batch 1): the
+earlier ``lax.scan`` over all K steps with a ``jnp.where(active, new, old)`` over the state
+made XLA copy the params and accumulators on every trip and ran at half the speed; a
+per-step check of all params costs ~12% of a batch-1 step; ``paper_accuracy`` costs
+nothing measurable."""
 
 from __future__ import annotations
 
@@ -50,50 +60,117 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _checked_step(state: TrainState, batch: Batch, rng: jax.Array,
+                  exact: bool) -> tuple[TrainState, Metrics, jax.Array]:
+  """``train_step`` and whether it stayed finite: its loss, and with ``exact`` also every
+  updated param (a NaN/Inf gradient shows up there, so this covers both; it costs a pass
+  over the params, which at batch 1 is ~12% of the step)."""
+  new_state, metrics = train_step(state, batch, rng)
+  ok = jnp.isfinite(metrics["loss"])
+  if exact:
+    ok = ok & _all_finite(new_state.params)
+  return new_state, metrics, ok
+
+
+def _keep_if(ok: jax.Array, new_state: TrainState, state: TrainState) -> TrainState:
+  """``new_state`` where ``ok``, else ``state`` with the step still counted ('skip')."""
+  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  return kept.replace(step=new_state.step)
+
+
+def _batch_at(batches: Batch, i: jax.Array) -> Batch:
+  return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
+
+
+def _first_nonfinite_step(state: TrainState, batches: Batch, rng: jax.Array,
+                          num_steps: jax.Array) -> jax.Array:
+  """Replays the chunk from ``state`` with the exact per-step check, up to the first step
+  whose loss or updated params are non-finite; its 1-based step, or -1."""
+
+  def cond(carry):
+    i, _, bad = carry
+    return (i < num_steps) & (bad < 0)
+
+  def body(carry):
+    i, state, _ = carry
+    state, _, ok = _checked_step(state, _batch_at(batches, i), rng, exact=True)
+    return i + 1, state, jnp.where(ok, jnp.int32(-1), state.step)
+
+  return jax.lax.while_loop(cond, body, (jnp.int32(0), state, jnp.int32(-1)))[2]
+
+
+def _single_step_chunk(state, batches, rng, num_steps, skip_nonfinite):
+  """A chunk of one step (K = 1), without any loop: XLA:CPU runs a conv net's training step
+  ~10x slower inside a while loop (even a one-trip one) than outside one, so conv models
+  train on CPU with steps_per_scan=1. ``num_steps`` 0 (padding) keeps the state."""
+  active = num_steps > 0
+  new_state, metrics, ok = _checked_step(state, jax.tree.map(lambda x: x[0], batches), rng,
+                                         exact=True)
+  means = {k: jnp.where(active & ok if skip_nonfinite else active, v, 0.0)
+           for k, v in metrics.items()}
+  if skip_nonfinite:
+    new_state = _keep_if(ok, new_state, state)
+    means["skipped_steps"] = (active & ~ok).astype(jnp.float32)
+    bad_step = jnp.int32(-1)
+  else:
+    bad_step = jnp.where(active & ~ok, new_state.step, jnp.int32(-1))
+  # A select fuses into the update kernels, whereas lax.cond would sync a GPU host.
+  state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+  means["nonfinite_step"] = bad_step
+  return state, means
+
+
 def _train_chunk(state: TrainState, batches: Batch, rng: jax.Array,
                  num_steps: jax.typing.ArrayLike | None = None,
                  skip_nonfinite: bool = False) -> tuple[TrainState, Metrics]:
   chunk = jax.tree.leaves(batches)[0].shape[0]
   if num_steps is None:
     num_steps = chunk
-  num_steps = jnp.asarray(num_steps, jnp.int32)
-
-  def body(carry, xs):
-    state, bad_step = carry
-    index, batch = xs
-    active = index < num_steps
-    new_state, metrics = train_step(state, batch, rng)
-    # A NaN/Inf gradient shows up in the updated params, so checking them covers both.
-    nonfinite = active & ~(jnp.isfinite(metrics["loss"]) & _all_finite(new_state.params))
-    if skip_nonfinite:  # 'skip': the step counts, its update is thrown away
-      new_state = jax.tree.map(lambda new, old: jnp.where(nonfinite, old, new),
-                               new_state, state).replace(step=new_state.step)
-      metrics = dict(metrics, skipped_steps=nonfinite.astype(jnp.float32))
-      metrics = {k: jnp.where(nonfinite, 0.0, v) if k != "skipped_steps" else v
-                 for k, v in metrics.items()}
-      nonfinite = jnp.zeros((), bool)
-    # A padding step is computed and thrown away. A select fuses into the update kernels
-    # for free, whereas lax.cond would sync the GPU host on every step of the scan.
-    state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
-    bad_step = jnp.where((bad_step < 0) & nonfinite, state.step, bad_step)
-    return (state, bad_step), metrics
-
-  xs = (jnp.arange(chunk, dtype=jnp.int32), batches)
+  num_steps = jnp.clip(jnp.asarray(num_steps, jnp.int32), 0, chunk)
   if chunk == 1:
-    # No loop at all: XLA:CPU runs a conv net's training step ~10x slower inside a while
-    # loop (even a one-trip or unrolled scan) than outside one, so conv models train on
-    # CPU with steps_per_scan=1.
-    (state, bad_step), metrics = body((state, jnp.int32(-1)), jax.tree.map(lambda x: x[0], xs))
-    per_step = jax.tree.map(lambda x: x[None], metrics)
-  else:
-    (state, bad_step), per_step = jax.lax.scan(body, (state, jnp.int32(-1)), xs)
-  active = jnp.arange(chunk) < num_steps
-  denom = jnp.maximum(num_steps, 1).astype(jnp.float32)
-  means = {k: jnp.sum(jnp.where(active, v, 0.0)) / denom for k, v in per_step.items()}
+    return _single_step_chunk(state, batches, rng, num_steps, skip_nonfinite)
+
+  # A while loop of exactly num_steps trips: no padded step is computed, and the state is
+  # never selected against its old value (a select over the carried state makes XLA copy
+  # every param and accumulator on every trip: 2x the time of a batch-1 step).
+  metric_shapes = jax.eval_shape(lambda s, b: train_step(s, b, rng)[1], state,
+                                 _batch_at(batches, jnp.int32(0)))
+  sums = {k: jnp.zeros((), jnp.float32) for k in metric_shapes}
+
+  def body(i, carry):
+    state, bad_step, skipped, sums = carry
+    # 'stop' checks only the loss per step (free); the params are checked once, after the
+    # loop. 'skip' must decide at every step, so it checks the updated params too.
+    new_state, metrics, ok = _checked_step(state, _batch_at(batches, i), rng,
+                                           exact=skip_nonfinite)
+    if skip_nonfinite:  # the step counts, its update is thrown away
+      new_state = _keep_if(ok, new_state, state)
+      metrics = {k: jnp.where(ok, v, 0.0) for k, v in metrics.items()}
+      skipped = skipped + (~ok).astype(jnp.float32)
+    else:
+      bad_step = jnp.where((bad_step < 0) & ~ok, new_state.step, bad_step)
+    sums = {k: sums[k] + metrics[k] for k in sums}
+    return new_state, bad_step, skipped, sums
+
+  start = state
+  state, bad_step, skipped, sums = jax.lax.fori_loop(
+      0, num_steps, body, (state, jnp.int32(-1), jnp.float32(0.0), sums))
+  if not skip_nonfinite:
+    # Non-finite params are absorbing (p + update stays NaN/Inf), so one check after the
+    # loop sees any step that broke them. A loss names its step, but broken params may
+    # show in the loss only a step later, or never; so whenever either shows, the chunk is
+    # replayed from its start with the exact per-step check, to name the first step whose
+    # loss or params went non-finite. The same compiled program; it runs only on the way
+    # to a NaN stop.
+    flagged = (bad_step >= 0) | ~_all_finite(state.params)
+    first = jax.lax.cond(flagged, lambda: _first_nonfinite_step(start, batches, rng, num_steps),
+                         lambda: jnp.int32(-1))
+    # (Should the replay not reproduce it, the loss's step, else the chunk's last step.)
+    last = jnp.where(bad_step >= 0, bad_step, start.step + num_steps)
+    bad_step = jnp.where(flagged, jnp.where(first >= 0, first, last), jnp.int32(-1))
+  kept = jnp.maximum(num_steps.astype(jnp.float32) - skipped, 1.0)
+  means = {k: v / kept for k, v in sums.items()}
   if skip_nonfinite:  # means over the steps kept; skipped_steps as a count
-    skipped = jnp.sum(jnp.where(active, per_step["skipped_steps"], 0.0))
-    kept = jnp.maximum(num_steps.astype(jnp.float32) - skipped, 1.0)
-    means = {k: v * denom / kept for k, v in means.items()}
     means["skipped_steps"] = skipped
   means["nonfinite_step"] = bad_step
   return state, means
@@ -105,17 +182,18 @@ _train_chunk_jit = jax.jit(_train_chunk, static_argnames="skip_nonfinite")
 def train_chunk(state: TrainState, batches: Batch, rng: jax.Array,
                 num_steps: int | None = None,
                 skip_nonfinite: bool = False) -> tuple[TrainState, Metrics]:
-  """K optimiser steps over ``batches`` [K, B, ...] in one jitted lax.scan.
+  """K optimiser steps over ``batches`` [K, B, ...] in one jitted loop.
 
   Step ``i`` uses ``fold_in(rng, state.step)`` like ``train_step``, so K=1 and K=8 chunks
-  give the same result. Only the first ``num_steps`` (default K) batches count; the rest is
-  padding whose updates are discarded, so chunks of any length share one compiled program.
-  With ``skip_nonfinite`` a step whose loss or updated params are NaN/Inf keeps the old
-  params and optimiser state (the step still counts) and is counted in 'skipped_steps'.
+  give the same result. Only the first ``num_steps`` (default K) batches are trained on;
+  the rest is padding that is never computed, so chunks of any length share one compiled
+  program. With ``skip_nonfinite`` a step whose loss or updated params are NaN/Inf keeps
+  the old params and optimiser state (the step still counts) and is counted in
+  'skipped_steps'.
 
   Returns:
     (state, metrics averaged over the steps run, plus 'nonfinite_step': the 1-based step
-    whose loss was first non-finite, or -1).
+    whose loss or updated params were first non-finite, or -1).
   """
   if num_steps is None:
     num_steps = jax.tree.leaves(batches)[0].shape[0]
@@ -131,7 +209,7 @@ def device_table(table: pipeline.Table, mesh: jax.sharding.Mesh) -> dict[str, ja
   """The numeric columns of a pipeline.Table, replicated on every device of ``mesh``.
 
   Images stay uint8 and once per distinct image, as on the host; batches are gathered from
-  these inside the jitted scan (``train_chunk_on_device``) by ``pipeline.gather_pairs``.
+  these inside the jitted loop (``train_chunk_on_device``) by ``pipeline.gather_pairs``.
   """
   return parallel.replicate(pipeline.pair_columns(table), mesh)
 
