@@ -1,30 +1,11 @@
 r"""The CVAE at quickstart scale (the quickstart before the flow model), then a sample grid.
 
-Run: python -m experiments.cvae_quickstart --workdir runs/quickstart
+Run: python -m experiments.cvae_quickstart --workdir runs/cvae_quickstart
 """
 
-import json
 import sys
-import time
-from pathlib import Path
 
-from experiments import cvae_shapes
-from t2i_jax import train
-
-# Captions for the grid: one object with a position, colour and size, a background, and
-# two-object relational captions, including one and its reverse (word order must matter).
-CAPTIONS = (
-    "a red circle in the top left corner",
-    "a big blue square at the bottom right",
-    "a small yellow triangle in the centre on a gray background",
-    "a red circle above a blue square",
-    "a blue square above a red circle",
-    "a green square to the left of a purple diamond",
-    "a white triangle on the left and an orange cross on the right",
-)
-NUM_SAMPLES = 6
-EVAL_NUM = 1000  # test (and compositional) captions scored
-EVAL_SEEDS = 3
+from experiments import cvae_shapes, quickstart
 
 
 def get_config():
@@ -32,7 +13,7 @@ def get_config():
   and the evaluation.
 
   Command:
-    python -m experiments.cvae_quickstart --workdir runs/quickstart
+    python -m experiments.cvae_quickstart --workdir runs/cvae_quickstart
   (rerun the same command to resume; the grid and the evaluation are redone each time).
 
   Data: shapes, 5,000 images (4,500 train / 250 test / 250 compositional; 5 captions each),
@@ -63,43 +44,8 @@ def get_config():
   return c
 
 
-def _final_test_metrics(workdir: Path) -> dict:
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-             if line.strip()]
-  test = [r for r in records if r.get("split") == "test"]
-  return test[-1] if test else {}
-
-
-def write_samples(workdir: Path) -> Path:
-  """A grid of NUM_SAMPLES prior samples for each of CAPTIONS, written under workdir/samples."""
-  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
-  gen = sample.load_generator(workdir)
-  images = sample.generate(gen, list(CAPTIONS), NUM_SAMPLES, seed=0)
-  cols = [f"sample {j + 1}" for j in range(NUM_SAMPLES)]
-  return sample.save_grid(images, list(CAPTIONS), workdir / "samples" / "quickstart.png",
-                          col_labels=cols)
-
-
 def main(argv):
-  t0 = time.perf_counter()
-  code = train.main_from_module(get_config, argv)
-  if code != 0 or any(a in ("-h", "--help") for a in argv):
-    return code
-  workdir = Path(train.split_workdir(argv)[0]).expanduser()
-  path = write_samples(workdir)
-  print(f"samples: {path}")
-  m = _final_test_metrics(workdir)
-  keys = ("loss", "mse", "mse_prior", "kl", "psnr", "bits_per_dim")
-  print("test: " + " ".join(f"{k} {m[k]:.4g}" for k in keys if k in m))
-  t_train = time.perf_counter() - t0
-  # Caption following, read back by the scene reader (trained once, ~5 min, then cached).
-  from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
-  report = evaluate.evaluate_run(workdir, num=EVAL_NUM, seeds=EVAL_SEEDS)
-  print(evaluate.format_pivot(report["results"]))
-  print(f"evaluation: {report['path']}")
-  print(f"quickstart: {t_train:.0f} s to prepare, train and draw samples; "
-        f"{time.perf_counter() - t0:.0f} s with the evaluation")
-  return 0
+  return quickstart.train_sample_evaluate(get_config, argv)
 
 
 if __name__ == "__main__":

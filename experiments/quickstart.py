@@ -65,8 +65,13 @@ def write_samples(workdir: Path) -> Path:
 
 
 def main(argv):
+  return train_sample_evaluate(get_config, argv)
+
+
+def train_sample_evaluate(get_config_fn, argv) -> int:
+  """Trains ``get_config_fn()``, draws the CAPTIONS grid and prints the evaluation."""
   t0 = time.perf_counter()
-  code = train.main_from_module(get_config, argv)
+  code = train.main_from_module(get_config_fn, argv)
   if code != 0 or any(a in ("-h", "--help") for a in argv):
     return code
   workdir = Path(train.split_workdir(argv)[0]).expanduser()
