@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from experiments import bench_train
+from t2i_jax import methods
 
 
 def test_quick_bench_reports_rows_here_and_on_forced_devices(capsys):
@@ -25,5 +26,6 @@ def test_cvae_rows_time_the_cvae_shapes_experiment():
   c = bench_train._model_config("cvae", 64, 1, "float32")  # pylint: disable=protected-access
   want = cvae_shapes.get_config()
   assert c.model_kwargs.to_dict() == want.model_kwargs.to_dict()
-  assert (c.loss, c.gsnn_weight, c.batch_size, c.steps_per_scan) == ("cvae", want.gsnn_weight,
-                                                                     64, 1)
+  # The loss is the family's (config.loss moved into t2i_jax.methods).
+  assert (methods.method_class(c.model).__name__, c.gsnn_weight, c.batch_size,
+          c.steps_per_scan) == ("CVAEMethod", want.gsnn_weight, 64, 1)
