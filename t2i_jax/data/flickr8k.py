@@ -130,18 +130,21 @@ def _safe_name(name: str) -> bool:
   return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
-class _DirImages:
-  """Images as files in one folder."""
+class DirImages:
+  """Images as files in one folder (``readable`` decides which names may be read)."""
 
   def __init__(self, folder: Path):
     self.folder = folder
+
+  def readable(self, name: str) -> bool:
+    return _safe_name(name)
 
   def names(self) -> set[str]:
     with os.scandir(self.folder) as entries:
       return {e.name for e in entries if _is_image_name(e.name) and e.is_file()}
 
   def read(self, name: str) -> bytes | None:
-    if not _safe_name(name):
+    if not self.readable(name):
       return None
     try:
       return (self.folder / name).read_bytes()
@@ -493,7 +496,7 @@ def open_source(path: str | os.PathLike) -> Source:
 
   # Images: an unpacked folder before the zip.
   if images_dir is not None:
-    store: _ImageStore = _DirImages(images_dir)
+    store: _ImageStore = DirImages(images_dir)
     images_zipped = False
   elif data_zip is not None:
     members = _read_zip_index(data_zip)

@@ -97,31 +97,21 @@ def list_images(images_dir: Path) -> frozenset[str]:
   return frozenset(found)
 
 
-class _TreeImages:
+class _TreeImages(flickr8k.DirImages):
   """The image store of ``flickr8k.iter_examples``: files under one folder, by relative path.
 
   It pickles cheaply (a path and the names), so pool workers read the bytes themselves.
   """
 
   def __init__(self, folder: Path, names: frozenset[str]):
-    self.folder = folder
+    super().__init__(folder)
     self._names = names
 
   def names(self) -> set[str]:
     return set(self._names)
 
-  def read(self, name: str) -> bytes | None:
-    if name not in self._names:  # only listed files: never a path outside the folder
-      return None
-    try:
-      return (self.folder / name).read_bytes()
-    except FileNotFoundError:
-      return None
-    except OSError as e:
-      raise ImageError(f"cannot read the file ({e.strerror or e})") from None
-
-  def where(self, name: str) -> str:
-    return str(self.folder / name)
+  def readable(self, name: str) -> bool:
+    return name in self._names  # only listed files: never a path outside the folder
 
 
 # ----------------------------------------------------------------------------------------
