@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -242,14 +243,20 @@ class Source:
 SPREAD_SEED = 1000
 
 
-def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any]) -> Source:
+def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any],
+                  timing: dict[str, float] | None = None) -> Source:
+  """The run's samples for ``text``; ``timing`` accumulates their count and wall time."""
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   cache: dict[int, np.ndarray] = {}
 
   def images(seed: int) -> np.ndarray:
     if seed not in cache:
+      t0 = time.perf_counter()
       cache[seed] = sample.draw(gen.method, gen.params, gen.frozen, text, n=1, seed=seed,
                                 options=options)[:, 0]
+      if timing is not None:
+        timing["images"] += len(text)
+        timing["seconds"] += time.perf_counter() - t0
     return cache[seed]
 
   def draw(rows: np.ndarray, n: int) -> np.ndarray:
@@ -385,6 +392,7 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   results = list(evaluator.setup(config))
+  timing = {"images": 0, "seconds": 0.0}
   train = pipeline.load_table(config, "train")
   pictures = []
   for split in evaluator.splits:
@@ -394,7 +402,8 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
     real = table.images[table.image_index[idx]]
     if gen.method.GENERATES:
       sources = [_model_source(gen.config.model, gen, table.text[idx],
-                               gen.default_options() if options is None else options)]
+                               gen.default_options() if options is None else options,
+                               timing)]
     else:  # a first stage: how well its reconstructions of the real images read
       from t2i_jax import sample  # pylint: disable=import-outside-toplevel
       sources = [_fixed_source(f"{gen.config.model}_reconstruction",
@@ -412,7 +421,9 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
     path = out_dir / f"{evaluator.dataset}_{split}.png"
     _grid(path, table.captions[idx], _grid_columns(sources[:-1], real, seeds))
     pictures.append(str(path))
-  return results, {**evaluator.meta(), "pictures": pictures}
+  generation = dict(timing, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
+                    note="wall time of the run's own samples, compilation included")
+  return results, {**evaluator.meta(), "pictures": pictures, "generation": generation}
 
 
 def _evaluator(dataset: str, reader=None, dual=None, progress: bool = True) -> Evaluator:
