@@ -167,6 +167,7 @@ def runs(base):
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow  # two training runs of two processes: ~2 min of CPU
 def test_two_processes_train_as_one_process_with_four_devices(base, runs):
   pair, ref = _params(base / "pair"), _params(base / "ref")
   assert pair[1] == ref[1] == STEPS
@@ -178,6 +179,7 @@ def test_two_processes_train_as_one_process_with_four_devices(base, runs):
   assert "[Gloo]" in runs["pair"][0].output  # real cross-process collectives
 
 
+@pytest.mark.slow  # two training runs of two processes: ~2 min of CPU
 def test_only_process_0_writes_metrics_run_info_and_tensorboard(base, runs):
   workdir = str(base / "pair")
   p0, p1 = ([w for w in p.written if w.startswith(workdir + os.sep)] for p in runs["pair"])
@@ -198,6 +200,7 @@ def test_only_process_0_writes_metrics_run_info_and_tensorboard(base, runs):
   np.testing.assert_allclose([r["loss"] for r in pair], [r["loss"] for r in ref], rtol=1e-4)
 
 
+@pytest.mark.slow  # two training runs of two processes: ~2 min of CPU
 def test_both_processes_write_each_checkpoint(base, runs):
   steps = sorted(int(p.name) for p in (base / "pair" / "checkpoints").iterdir()
                  if p.name.isdigit())
