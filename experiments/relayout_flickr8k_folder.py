@@ -17,10 +17,10 @@ this repository (the data stays beside it), and must be new or empty. Then::
 
     t2i prepare folder --manual-dir DEST [--data-dir D]
 
-The README's "Your own data" section reports the counts and time of this on
-``../shared/flickr8k_full``::
+The README's "Your own data" section reports the counts and time of this on the shared
+full corpus (SRC: the flickr8k_full folder beside the repository; DEST: any new folder)::
 
-    python -m experiments.relayout_flickr8k_folder ../shared/flickr8k_full /work/folder_flickr8k
+    python -m experiments.relayout_flickr8k_folder SRC DEST
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def relayout(src: str | os.PathLike, dest: str | os.PathLike, copy: bool = False
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("src", help="a Flickr8k folder (e.g. ../shared/flickr8k_full)")
+  p.add_argument("src", help="a Flickr8k folder in the official layout")
   p.add_argument("dest", help="the captioned folder to write (outside the repository)")
   p.add_argument("--copy", action="store_true", help="copy the images instead of symlinking")
   p.add_argument("--format", choices=("csv", "jsonl"), default="csv")

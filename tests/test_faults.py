@@ -494,11 +494,9 @@ def test_killed_flickr8k_prepare_reruns_to_the_same_records(flickr_ref, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["shapes", "flickr8k"])
 def test_many_kill_points(dataset, request, tmp_path):
-  """T2I_KILL_POINTS=N: N seeded kill points per dataset (every third one of shapes with
-  --force); prints how many landed while writing."""
-  points = int(os.environ.get("T2I_KILL_POINTS", "0"))
-  if not points:
-    pytest.skip("set T2I_KILL_POINTS=N to try N kill points per dataset")
+  """T2I_KILL_POINTS=N (default 2): N seeded kill points per dataset (every third one of
+  shapes with --force); prints how many landed while writing."""
+  points = max(1, int(os.environ.get("T2I_KILL_POINTS", "2")))
   if dataset == "shapes":
     stats = _shapes_kills(request.getfixturevalue("shapes_ref"), tmp_path, points, 1400, 3,
                           calibrate=True)

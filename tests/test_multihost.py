@@ -317,9 +317,6 @@ def get_config():
 
 @pytest.mark.slow
 def test_flow_family_trains_both_stages_on_two_processes(base):
-  from t2i_jax import methods  # pylint: disable=import-outside-toplevel
-  if not {"flow", "latent_ae"} <= set(methods.available()):
-    pytest.skip("the flow family (methods 'flow', 'latent_ae') is not registered")
   config = base / "flow_tiny.py"
   config.write_text(_FLOW_CONFIG.format(data_dir=str(base / "tfds")))
   from t2i_jax import configs  # pylint: disable=import-outside-toplevel
