@@ -174,6 +174,30 @@ def test_flow_loss_shapes_and_grads(flow_setup, flow_trained):
   assert np.all(np.isfinite(np.asarray(ev["v_mse"])))
 
 
+def test_cached_latents_give_the_same_loss_and_grads(flow_setup):
+  """image_features (what the trainer keeps on the device for this family) holds the
+  latents a step would encode, and the loss on them equals the loss on the images."""
+  method, params, frozen = flow_setup
+  batch = _batch()
+  images = np.round(np.asarray(batch["image"]) * 255).astype(np.uint8)
+  feats = method.image_features(frozen, images)
+  chex.assert_shape(feats, (B,) + tuple(method.model.latent_shape))
+  assert feats.dtype == jnp.float32
+  as_float = jnp.asarray(images, jnp.float32) / 255.0
+  np.testing.assert_allclose(np.asarray(feats),
+                             np.asarray(method.encode_latent(frozen, as_float)), atol=1e-5)
+  from_images = dict(batch, image=as_float)
+  from_feats = {"features": feats, "text": batch["text"], "mask": batch["mask"]}
+  grad_fn = jax.jit(jax.value_and_grad(
+      lambda p, b: method.loss(p, b, jax.random.key(3), jnp.int32(0), frozen), has_aux=True))
+  (la, _), ga = grad_fn(params, from_images)
+  (lb, _), gb = grad_fn(params, from_feats)
+  np.testing.assert_allclose(float(la), float(lb), rtol=1e-5)
+  chex.assert_trees_all_close(ga, gb, rtol=1e-4, atol=1e-6)
+  # The base protocol: a family without features returns None (the loss reads images).
+  assert LatentAEMethod.from_config(_config()).image_features(frozen, images) is None
+
+
 def test_flow_loss_decreases(flow_trained):
   losses, _ = flow_trained
   # The loss is noisy (a fresh t and noise every step): compare averages of 5 steps.

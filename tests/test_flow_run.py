@@ -67,6 +67,10 @@ def test_both_stages_train_and_the_second_reads_the_first(flow_run):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(frozen["latent_scale"]) > 0
   assert (run / "stage2" / "samples" / f"eval_{STEPS}.png").is_file()
+  # Stage 2 trained on the stage-1 latents encoded once per training image (on the device).
+  info = json.loads((run / "stage2" / "run.json").read_text())
+  assert info["data_on_device"] and info["image_features"][1:] == [16, 16, 4]
+  assert json.loads((run / "stage1" / "run.json").read_text())["image_features"] is None
 
 
 def test_resume_at_either_stage_is_bitwise_the_uninterrupted_run(flow_run):

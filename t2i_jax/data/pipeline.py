@@ -153,11 +153,15 @@ def gather_pairs(columns: Mapping[str, Any], idx: Any, take=None) -> dict[str, A
   """Pair indices (any shape, e.g. [B] or [K, B]) -> the batch {image, text[, mask]}.
 
   The one gather of the project: on the host (numpy), inside a jitted step (jax arrays) and
-  in tf.data (``take=tf.gather``). ``columns`` is ``pair_columns(table)`` or a copy of it.
+  in tf.data (``take=tf.gather``). ``columns`` is ``pair_columns(table)`` or a copy of it;
+  where it holds per-image 'features' instead of 'images' (``Method.image_features``), the
+  batch holds 'features' instead of 'image'.
   """
   if take is None:
     take = _index
-  out = {"image": take(columns["images"], take(columns["image_index"], idx)),
+  per_image = "features" if "features" in columns else "images"
+  out = {"image" if per_image == "images" else "features":
+         take(columns[per_image], take(columns["image_index"], idx)),
          "text": take(columns["text"], idx)}
   if "mask" in columns:
     out["mask"] = take(columns["mask"], idx)

@@ -72,6 +72,19 @@ class Method:
     images (a first stage): ``t2i evaluate`` scores these where a family draws nothing."""
     raise NotImplementedError(f"{type(self).__name__} does not reconstruct images")
 
+  def image_features(self, frozen: Params | None, images: Array) -> Array | None:
+    """What the training loss reads of each distinct image, computed once, or None.
+
+    A family whose loss sees the images only through frozen params (the flow model: the
+    stage-1 latent) returns those features of ``images`` (uint8 [N, 64, 64, 3]); where the
+    train table lives on the devices, the trainer keeps the features there in place of the
+    images, and ``loss`` finds them as batch['features'] (no image in the batch). The
+    frozen encoder then runs once per image per run instead of once per example per step.
+    None (the default): the loss reads batch['image'].
+    """
+    del frozen, images
+    return None
+
   def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` validated and converted (raise UserError with one line when wrong)."""
     return dict(options)

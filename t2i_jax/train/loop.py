@@ -280,7 +280,10 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
       saved = CheckpointMeta.from_json(checkpointer.restore_meta(int(state.step)))
   step = int(state.step)
   on_device = step_lib.use_device_data(config, train_table)
-  device_data = step_lib.device_table(train_table, mesh) if on_device else None
+  device_data, features = None, None
+  if on_device:  # a family may read the images only through frozen params: encode them once
+    features = method.image_features(state.frozen, train_table.images)
+    device_data = step_lib.device_table(train_table, mesh, features)
   if main:
     (workdir / "config.json").write_text(
         json.dumps(configs.to_json_dict(config), indent=2, sort_keys=True) + "\n")
@@ -288,7 +291,8 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
         state.params)), {"start_step": step, "train_pairs": len(train_table),
                          "test_pairs": len(test_table), "steps_per_epoch": spe,
                          "total_steps": total, "num_devices": int(mesh.devices.size),
-                         "process_count": jax.process_count(), "data_on_device": on_device})
+                         "process_count": jax.process_count(), "data_on_device": on_device,
+                         "image_features": None if features is None else list(features.shape)})
   writer = writers.MetricsWriter(workdir, step) if main else writers.NullWriter()
   eval_step = in_loop_eval.make_eval_step(config, state.frozen, method=method)
   skip = config.nonfinite == "skip"

@@ -103,9 +103,11 @@ def float_batch(batch: Batch) -> dict[str, Any]:
   """The batch a method sees: images float32 in [0, 1], captions float32.
 
   Images stay uint8 on the host and in transfers; this runs inside the jitted functions.
+  A batch of precomputed image features (``Method.image_features``) has no image.
   """
-  out = dict(batch, image=image_to_float(batch["image"]),
-             text=jnp.asarray(batch["text"], jnp.float32))
+  out = dict(batch, text=jnp.asarray(batch["text"], jnp.float32))
+  if "image" in batch:
+    out["image"] = image_to_float(batch["image"])
   return out
 
 

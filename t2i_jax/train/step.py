@@ -205,13 +205,19 @@ def train_chunk(state: TrainState, batches: Batch, rng: jax.Array,
 # ----------------------------------------------------------- the on-device data path
 
 
-def device_table(table: pipeline.Table, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+def device_table(table: pipeline.Table, mesh: jax.sharding.Mesh,
+                 features: Any = None) -> dict[str, jax.Array]:
   """The numeric columns of a pipeline.Table, replicated on every device of ``mesh``.
 
   Images stay uint8 and once per distinct image, as on the host; batches are gathered from
   these inside the jitted loop (``train_chunk_on_device``) by ``pipeline.gather_pairs``.
+  ``features`` (``Method.image_features`` of ``table.images``) replace the images.
   """
-  return parallel.replicate(pipeline.pair_columns(table), mesh)
+  columns = pipeline.pair_columns(table)
+  if features is not None:
+    del columns["images"]
+    columns["features"] = features
+  return parallel.replicate(columns, mesh)
 
 
 def use_device_data(config, table: pipeline.Table) -> bool:
