@@ -28,15 +28,17 @@ def get_config():
   t, 10% caption dropout; AdamW 1e-3 (b2 0.99, 200 warm-up steps, clip 1), batch 128,
   EMA 0.999 (warmed up); sampling Euler, 20 steps, guidance 3.
 
-  Expected result (measured, seed 0; t2i evaluate, 1,000 captions per split, 3 seeds), so
-  far at stage-2 step 3,017 of 15,000 (the run continues): stage 1 test PSNR 34.2 dB, its
-  reconstructions read back with every stated attribute right in 93.9% of test images
-  (shape 96.0%); stage 2 all stated right 13.2% +- 0.6% (test) and 9.9% +- 0.6%
-  (compositional), relations 26.1%, colours 70.3%, cells 78.4%, shapes 31.3%, counts 34.6%;
-  open_cell_diversity 99.5%. Targets (95% / 80% / relations 90%) not met at this step.
-  Run time (2-core VM shared with other jobs, load 4-10): preparing 214 s, stage 1 about
-  40 min (0.4-0.5 steps/s), stage 2 1.4-1.8 steps/s (31 min for 3,017 steps; about 2.5-3
-  hours for 15,000 at that rate); evaluation 5 min (32.5 images/s).
+  Expected result (measured, seed 0; t2i evaluate, 1,000 captions per split, 3 seeds; EMA,
+  Euler 20 steps, guidance 3): stage 1 test PSNR 34.2 dB, its reconstructions read back with
+  every stated attribute right in 93.9% of test images (shape 96.0%). Stage 2 at step 5,000
+  (the 60-minute point on the idle VM): all stated right 34.2% +- 0.4% test, 24.5% +- 1.0%
+  compositional, relations 28%. At 15,000 (the finished run): 73.2% +- 1.6% test, 69.9% +-
+  1.7% compositional, relations 64%, colours 96%, cells 99%, counts 92%, shapes 83%;
+  open_cell_diversity 100%; 73.9 images/s. Targets (95% / 80% / relations 90%) missed by
+  22 / 10 / 26 points at 15,000 steps.
+  Run time (2-core VM, rates measured idle): preparing ~2.5 min, stage 1 ~15 min (1.15
+  steps/s), stage 2 3.9 steps/s on cached latents (about 65 min for 15,000 steps; 2.1-2.9
+  steps/s before the latents were cached); about 1.3 h in all; evaluation 2.7 min.
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000
