@@ -182,7 +182,7 @@ def test_cached_latents_give_the_same_loss_and_grads(flow_setup):
   images = np.round(np.asarray(batch["image"]) * 255).astype(np.uint8)
   feats = method.image_features(frozen, images)
   chex.assert_shape(feats, (B,) + tuple(method.model.latent_shape))
-  assert feats.dtype == jnp.float32
+  assert feats.dtype == np.float32
   as_float = jnp.asarray(images, jnp.float32) / 255.0
   np.testing.assert_allclose(np.asarray(feats),
                              np.asarray(method.encode_latent(frozen, as_float)), atol=1e-5)

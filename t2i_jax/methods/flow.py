@@ -177,16 +177,16 @@ class FlowMethod(Method):
     return jax.lax.stop_gradient(mean / scale)
 
   def image_features(self, frozen: Params | None, images: Array) -> Array:
-    """The normalised stage-1 latents of uint8 ``images`` [N, 64, 64, 3]: float32
+    """The normalised stage-1 latents of uint8 ``images`` [N, 64, 64, 3]: numpy float32
     [N, *latent_shape], encoded in batches of 250 by the same ``encode_latent`` as a step
     (the encoder would otherwise run again on every example of every step: over half of
     a step's FLOPs at batch 128)."""
     chex.assert_rank(images, 4)
-    out = []
+    out = [np.zeros((0,) + tuple(self.model.latent_shape), np.float32)]
     for start in range(0, images.shape[0], 250):
-      out.append(self._latents_fn(frozen, jnp.asarray(images[start:start + 250])))
-    return jnp.concatenate(out) if out else jnp.zeros(
-        (0,) + tuple(self.model.latent_shape), jnp.float32)
+      out.append(np.asarray(self._latents_fn(frozen, jnp.asarray(images[start:start + 250]))))
+    # numpy, like the table's other columns: the trainer places them (on every process).
+    return np.concatenate(out)
 
   @functools.partial(jax.jit, static_argnums=0)
   def _latents_fn(self, frozen, images):
