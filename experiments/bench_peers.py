@@ -419,7 +419,7 @@ def run_flow(config) -> dict:
   state = train.create_train_state(c, jax.random.key(1), {"image": images[:batch],
                                                           "text": text[0], "mask": mask[0]},
                                    frozen=frozen, method=method)
-  features = np.asarray(method.image_features(frozen, images))
+  features = method.image_features(frozen, images)
   chunk = {"features": features.reshape((k, batch) + features.shape[1:]), "text": text,
            "mask": mask}
   chunk, train_rng = jax.device_put(chunk), jax.random.key(2)

@@ -159,9 +159,8 @@ def gather_pairs(columns: Mapping[str, Any], idx: Any, take=None) -> dict[str, A
   """
   if take is None:
     take = _index
-  per_image = "features" if "features" in columns else "images"
-  out = {"image" if per_image == "images" else "features":
-         take(columns[per_image], take(columns["image_index"], idx)),
+  column, key = ("features", "features") if "features" in columns else ("images", "image")
+  out = {key: take(columns[column], take(columns["image_index"], idx)),
          "text": take(columns["text"], idx)}
   if "mask" in columns:
     out["mask"] = take(columns["mask"], idx)

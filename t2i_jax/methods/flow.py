@@ -67,6 +67,13 @@ def _caption(batch: Batch) -> tuple[Array, Array | None]:
   return batch["text"], batch.get("mask")
 
 
+def _in_batches(fn, images, size: int = 250) -> np.ndarray:
+  """``fn`` over ``images`` in batches of ``size`` (one compiled shape but the last),
+  concatenated as a numpy array: whole datasets through a frozen encoder."""
+  return np.concatenate([np.asarray(fn(jnp.asarray(images[i:i + size])))
+                         for i in range(0, max(len(images), 1), size)])
+
+
 @dataclasses.dataclass(frozen=True)
 class FlowMethod(Method):
   """Rectified flow over a frozen stage-1 latent; see the module docstring."""
@@ -153,11 +160,8 @@ class FlowMethod(Method):
 
   def measure_latent_scale(self, ae_params: Params, images: Array) -> Array:
     """Standard deviation of the stage-1 posterior means of ``images`` (float [N, 64, 64, 3])."""
-    means = []
-    for start in range(0, images.shape[0], 250):
-      mean, _ = self._encode_fn(ae_params, jnp.asarray(images[start:start + 250]))
-      means.append(np.asarray(mean, np.float64))
-    std = float(np.std(np.concatenate(means)))
+    means = _in_batches(lambda x: self._encode_fn(ae_params, x)[0], images)
+    std = float(np.std(means.astype(np.float64)))
     return jnp.float32(max(std, 1e-6))
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -182,11 +186,8 @@ class FlowMethod(Method):
     (the encoder would otherwise run again on every example of every step: over half of
     a step's FLOPs at batch 128)."""
     chex.assert_rank(images, 4)
-    out = [np.zeros((0,) + tuple(self.model.latent_shape), np.float32)]
-    for start in range(0, images.shape[0], 250):
-      out.append(np.asarray(self._latents_fn(frozen, jnp.asarray(images[start:start + 250]))))
     # numpy, like the table's other columns: the trainer places them (on every process).
-    return np.concatenate(out)
+    return _in_batches(lambda x: self._latents_fn(frozen, x), images)
 
   @functools.partial(jax.jit, static_argnums=0)
   def _latents_fn(self, frozen, images):
