@@ -38,7 +38,9 @@ def get_config():
   22 / 10 / 26 points at 15,000 steps.
   Run time (2-core VM, rates measured idle): preparing ~2.5 min, stage 1 ~15 min (1.15
   steps/s), stage 2 3.9 steps/s on cached latents (about 65 min for 15,000 steps; 2.1-2.9
-  steps/s before the latents were cached); about 1.3 h in all; evaluation 2.7 min.
+  steps/s before the latents were cached); about 1.45 h in all with cached latents from the
+  start (an estimate from the rates; this run's mix took 1.6-1.9 h of idle-VM time);
+  evaluation 2.7 min.
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000
