@@ -1,4 +1,4 @@
-"""Shared test setup: quiet TF, a private data/cache dir, the shared Flickr8k sample if set."""
+"""Shared test setup: quiet TF, a private data/cache dir, the shared Flickr8k folders if set."""
 
 import os
 from pathlib import Path
@@ -25,4 +25,17 @@ def flickr8k_dir():
   p = Path(d)
   if not p.is_dir():
     pytest.fail(f"T2I_FLICKR8K_DIR={d} is not a folder")
+  return p
+
+
+@pytest.fixture
+def flickr8k_full_dir():
+  """All 8,091 Flickr8k images at 128 px, named by $T2I_FLICKR8K_FULL_DIR (set by .ci/run
+  where ../shared/flickr8k_full exists), else skip."""
+  d = os.environ.get("T2I_FLICKR8K_FULL_DIR")
+  if not d:
+    pytest.skip("T2I_FLICKR8K_FULL_DIR is not set")
+  p = Path(d)
+  if not p.is_dir():
+    pytest.fail(f"T2I_FLICKR8K_FULL_DIR={d} is not a folder")
   return p
