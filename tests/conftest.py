@@ -16,26 +16,25 @@ def _private_dirs(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("T2I_DATA_DIR", str(tmp_path_factory.getbasetemp() / "tfds"))
 
 
+def _shared_folder(var: str) -> Path:
+  """The folder named by environment variable ``var``; skip when unset, fail when wrong."""
+  d = os.environ.get(var)
+  if not d:
+    pytest.skip(f"{var} is not set")
+  p = Path(d)
+  if not p.is_dir():
+    pytest.fail(f"{var}={d} is not a folder")
+  return p
+
+
 @pytest.fixture
 def flickr8k_dir():
   """The real partial Flickr8k named by $T2I_FLICKR8K_DIR (set by .ci/run), else skip."""
-  d = os.environ.get("T2I_FLICKR8K_DIR")
-  if not d:
-    pytest.skip("T2I_FLICKR8K_DIR is not set")
-  p = Path(d)
-  if not p.is_dir():
-    pytest.fail(f"T2I_FLICKR8K_DIR={d} is not a folder")
-  return p
+  return _shared_folder("T2I_FLICKR8K_DIR")
 
 
 @pytest.fixture
 def flickr8k_full_dir():
   """All 8,091 Flickr8k images at 128 px, named by $T2I_FLICKR8K_FULL_DIR (set by .ci/run
   where ../shared/flickr8k_full exists), else skip."""
-  d = os.environ.get("T2I_FLICKR8K_FULL_DIR")
-  if not d:
-    pytest.skip("T2I_FLICKR8K_FULL_DIR is not set")
-  p = Path(d)
-  if not p.is_dir():
-    pytest.fail(f"T2I_FLICKR8K_FULL_DIR={d} is not a folder")
-  return p
+  return _shared_folder("T2I_FLICKR8K_FULL_DIR")

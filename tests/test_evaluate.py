@@ -413,6 +413,25 @@ def test_dual_encoder_trains_on_tiny_data_and_embeds():
                                                                             np.log(10.0))
 
 
+def test_judge_study_trains_on_a_subset_and_scores_test_and_train(tmp_path, capsys):
+  from experiments import judge_flickr8k  # pylint: disable=import-outside-toplevel
+  root = fx.make_official_unzipped(tmp_path / "corpus")
+  tiny = ["--config.dual.widths=4,8,16", "--config.dual.text_hidden=16",
+          "--config.dual.embed_dim=8", "--config.dual.batch_size=8",
+          "--config.dual.min_steps=3", "--config.dual.max_steps=3"]
+  base = [f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={root}"]
+  assert judge_flickr8k.main(base + tiny + ["--config.train_images=2"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  # Two of the fixture's three readable official train images, five captions each.
+  assert (out["train_images"], out["train_pairs"], out["steps"]) == (2, 10, 3)
+  assert out["dual"]["widths"] == [4, 8, 16] and "cores" in out["machine"]
+  for side in ("test", "train"):
+    assert 0.0 <= out[f"{side}_r_precision"] <= 1.0 and out[f"{side}_fold_std"] >= 0.0
+  assert judge_flickr8k.main(base + tiny + ["--config.train_images=99"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: --config.train_images=99") and "\n" not in err
+
+
 def test_flickr8k_evaluation_end_to_end(tmp_path, monkeypatch):
   root = fx.make_official_unzipped(tmp_path / "corpus")
   config = tiny_train_config(tmp_path / "tfds", dataset="flickr8k", manual_dir=str(root))
