@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
   pe.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   pe.add_argument("--long", action="store_true",
                   help="print one line per result (with reader checks) instead of the table")
-  pe.add_argument("--baseline-workdir", help="a second run (e.g. a paper model) to score too")
+  pe.add_argument("--baseline-workdir", action="append",
+                  help="another run (e.g. a paper model) to score beside it; repeat the flag "
+                  "for several (e.g. the CVAE and model 1)")
   pe.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
                   "run's config says")
   pe.set_defaults(func=_cmd_evaluate)

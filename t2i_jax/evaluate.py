@@ -281,8 +281,8 @@ def _baseline_text(gen, captions: Sequence[str]) -> np.ndarray:
                               np.float32) for c in captions])
 
 
-def _baseline_sources(train, baseline, idx_table, idx) -> list[Source]:
-  """mean_image and retrieval (deterministic) and the baseline run (random), if any."""
+def _baseline_sources(train, baselines, idx_table, idx) -> list[Source]:
+  """mean_image and retrieval (deterministic), then each baseline run (random)."""
   mean_image = np.round(train.images.reshape(len(train.images), -1).mean(0)).astype(
       np.uint8).reshape(train.images.shape[1:])
   sources = [_fixed_source("mean_image",
@@ -292,7 +292,7 @@ def _baseline_sources(train, baseline, idx_table, idx) -> list[Source]:
   pool = caption_vectors(train.text, train.mask)
   nearest = nearest_captions(query, pool)
   sources.append(_fixed_source("retrieval", train.images[train.image_index[nearest]]))
-  if baseline is not None:
+  for baseline in baselines:
     sources.append(_model_source(baseline.name, baseline.gen,
                                  _baseline_text(baseline.gen, idx_table.captions[idx]),
                                  baseline.gen.default_options()))
@@ -380,7 +380,7 @@ class Evaluator(Protocol):
 
 
 def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seeds: int,
-                     baseline=None, out_dir: Path, progress: bool = True,
+                     baselines=(), out_dir: Path, progress: bool = True,
                      options: Mapping[str, Any] | None = None) -> tuple[list[dict], dict]:
   """Scores the run's model, the baselines and the real images with ``evaluator``.
 
@@ -408,7 +408,7 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
       from t2i_jax import sample  # pylint: disable=import-outside-toplevel
       sources = [_fixed_source(f"{gen.config.model}_reconstruction",
                                sample.reconstruct(gen, real))]
-    sources += _baseline_sources(train, baseline, table, idx)
+    sources += _baseline_sources(train, baselines, table, idx)
     sources.append(_fixed_source("real", real))
     results += evaluator.begin_split(split, table, idx, real)
     for source in tqdm(sources, desc=f"{evaluator.dataset}/{split}", unit="model",
@@ -441,9 +441,33 @@ def _evaluator(dataset: str, reader=None, dual=None, progress: bool = True) -> E
                   "runs.")
 
 
+def _load_baselines(gen, workdirs, data_dir) -> list[_Baseline]:
+  """The baseline runs (one workdir or several), each named by its model; a name that
+  repeats the run's or an earlier baseline's gets a "baseline_" prefix and a number."""
+  if not workdirs:
+    return []
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  if isinstance(workdirs, (str, Path)):
+    workdirs = [workdirs]
+  names, out = {gen.config.model}, []
+  for k, workdir in enumerate(workdirs):
+    bgen = sample.load_generator(workdir)
+    if bgen.config.dataset != gen.config.dataset:
+      raise UserError(f"the baseline run {workdir} is on {bgen.config.dataset}, the run on "
+                      f"{gen.config.dataset}; evaluate runs of the same dataset.")
+    bgen = dataclasses.replace(bgen, config=_override_data_dir(bgen.config, data_dir))
+    name = bgen.config.model
+    if name in names:
+      name = f"baseline_{name}" if f"baseline_{name}" not in names else f"baseline{k}_{name}"
+    names.add(name)
+    out.append(_Baseline(gen=bgen, name=name))
+  return out
+
+
 def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
                  num: int | None = DEFAULT_NUM, seeds: int = DEFAULT_SEEDS,
-                 baseline_workdir: str | Path | None = None, data_dir: str | None = None,
+                 baseline_workdir: str | Path | Sequence[str | Path] | None = None,
+                 data_dir: str | None = None,
                  reader=None, dual=None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
   """Scores the run in ``workdir``; writes the JSON (default W/eval/results.json) and grids.
@@ -462,29 +486,19 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
     raise UserError(f"--num must be at least 1, got {num}.")
   gen = sample.load_generator(workdir, generating=False)
   config = _override_data_dir(gen.config, data_dir)
-  baseline = None
-  if baseline_workdir:
-    bgen = sample.load_generator(baseline_workdir)
-    if bgen.config.dataset != config.dataset:
-      raise UserError(f"the baseline run is on {bgen.config.dataset}, the run on "
-                      f"{config.dataset}; evaluate runs of the same dataset.")
-    bgen = dataclasses.replace(bgen, config=_override_data_dir(bgen.config, data_dir))
-    name = bgen.config.model
-    if name == gen.config.model:
-      name = f"baseline_{name}"
-    baseline = _Baseline(gen=bgen, name=name)
+  baselines = _load_baselines(gen, baseline_workdir, data_dir)
   common.host_only_tensorflow()
   out_dir = gen.workdir / "eval"
   dataset = config.dataset
   options = sample.resolve_options(gen.method, gen.config, options) if gen.method.GENERATES else {}
   results, meta = evaluate_dataset(
       _evaluator(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
-      num=num, seeds=seeds, baseline=baseline, out_dir=out_dir, progress=progress,
+      num=num, seeds=seeds, baselines=baselines, out_dir=out_dir, progress=progress,
       options=options)
   report = {
       "workdir": str(gen.workdir), "step": gen.step, "dataset": dataset,
       "model": gen.config.model, "seeds": seeds, "num": num, "options": options,
-      "baseline_workdir": str(baseline_workdir) if baseline_workdir else None,
+      "baseline_workdirs": [str(b.gen.workdir) for b in baselines],
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       **meta, "results": results,
   }

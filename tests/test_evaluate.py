@@ -346,16 +346,19 @@ def test_shapes_evaluation_end_to_end(shapes_run, tmp_path):
   out = tmp_path / "results.json"
   oracle = OracleReader(shapes_run["config"])
   report = evaluate.evaluate_run(shapes_run["workdir"], out=out, num=8, seeds=2,
-                                 baseline_workdir=shapes_run["workdir"], reader=oracle,
-                                 progress=False)
+                                 baseline_workdir=[shapes_run["workdir"]] * 2,
+                                 reader=oracle, progress=False)
   saved = json.loads(out.read_text())
+  assert saved["baseline_workdirs"] == [str(shapes_run["workdir"])] * 2
   assert saved["results"] == report["results"] and saved["dataset"] == "shapes"
   results = saved["results"]
   for r in results:
     assert {"name", "split", "model", "n", "mean", "std", "seeds"} <= set(r)
   by = {(r["name"], r["split"], r["model"]): r for r in results}
   models = {r["model"] for r in results if r["split"] == "test"}
-  assert models == {"model1", "baseline_model1", "mean_image", "retrieval", "real"}
+  # Two baselines of the same model as the run: each gets its own name.
+  assert models == {"model1", "baseline_model1", "baseline1_model1", "mean_image",
+                    "retrieval", "real"}
   for split in ("test", "compositional"):
     real = by[("all_stated_correct", split, "real")]
     assert real["mean"] == 1.0 and real["n"] == 8 and real["seeds"] == 1
@@ -371,7 +374,8 @@ def test_shapes_evaluation_end_to_end(shapes_run, tmp_path):
   assert by[("all_stated_correct", "test", "mean_image")]["mean"] == 0.0
   for split in ("test", "compositional"):
     png = shapes_run["workdir"] / "eval" / f"shapes_{split}.png"
-    g = sample.grid_layout(8, 7, col_labels=True)  # real, 2+2 samples, mean, retrieval
+    # real, 2 samples each of the run and its two baselines, mean, retrieval
+    g = sample.grid_layout(8, 9, col_labels=True)
     assert Image.open(png).size == (g["width"], g["height"])
 
 
