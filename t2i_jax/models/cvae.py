@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2i_jax.models import words
 from t2i_jax.models.paper import IMAGE_SHAPE, reparameterize
 
 Array = jax.Array
@@ -94,25 +95,15 @@ class TextEncoder(nn.Module):
     """-> embedding [B, width], or with ``return_words`` (embedding, words [B, T, width], mask)."""
     text, mask = as_sequence(text, mask)
     b, t, _ = text.shape
-    if t > self.max_len:
-      raise ValueError(f"caption length {t} exceeds the text encoder's max_len "
-                       f"{self.max_len}; raise model_kwargs.max_len")
     dense = functools.partial(nn.Dense, dtype=self.dtype)
-    # LayerNorm first: a summed-GloVe input grows with caption length.
-    x = dense(self.width, name="embed")(nn.LayerNorm(dtype=self.dtype, name="embed_norm")(text))
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (self.max_len, self.width))
-    x = x + pos[None, :t].astype(x.dtype)
-    attn_mask = nn.make_attention_mask(mask, mask)
-    for i in range(self.num_layers):
-      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_attn{i}")(x)
-      y = nn.MultiHeadDotProductAttention(
-          num_heads=self.num_heads, dtype=self.dtype, name=f"attn{i}")(y, y, mask=attn_mask)
-      x = x + y
-      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_mlp{i}")(x)
+
+    def mlp(i, y):
       y = dense(self.width * self.mlp_ratio, name=f"mlp{i}_in")(y)
-      y = dense(self.width, name=f"mlp{i}_out")(nn.gelu(y))
-      x = x + y
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_out")(x)
+      return dense(self.width, name=f"mlp{i}_out")(nn.gelu(y))
+
+    x = words.contextual_words(self, text, mask, width=self.width, num_layers=self.num_layers,
+                               num_heads=self.num_heads, max_len=self.max_len,
+                               dtype=self.dtype, mlp=mlp)
     # Masked attention pooling: one learned score per head and word.
     scores = dense(self.num_heads, name="pool_scores")(x).astype(jnp.float32)  # [B, T, H]
     scores = jnp.where(mask[..., None], scores, _NEG)

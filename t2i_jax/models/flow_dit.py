@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2i_jax.models import words
 from t2i_jax.models.cvae import as_sequence
 
 Array = jax.Array
@@ -92,23 +93,11 @@ class WordEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, text: Array, mask: Array) -> tuple[Array, Array]:
-    b, t, _ = text.shape
-    if t > self.max_len:
-      raise ValueError(f"caption length {t} exceeds max_len {self.max_len}; raise "
-                       "model_kwargs.max_len")
-    x = nn.Dense(self.width, dtype=self.dtype, name="embed")(
-        nn.LayerNorm(dtype=self.dtype, name="embed_norm")(text))
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (self.max_len, self.width))
-    x = x + pos[None, :t].astype(x.dtype)
-    attn_mask = nn.make_attention_mask(mask, mask)
-    for i in range(self.num_layers):
-      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_attn{i}")(x)
-      y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                          name=f"attn{i}")(y, y, mask=attn_mask)
-      x = x + y
-      y = nn.LayerNorm(dtype=self.dtype, name=f"ln_mlp{i}")(x)
-      x = x + MLP(self.width, self.width * self.mlp_ratio, self.dtype, name=f"mlp{i}")(y)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_out")(x)
+    x = words.contextual_words(
+        self, text, mask, width=self.width, num_layers=self.num_layers,
+        num_heads=self.num_heads, max_len=self.max_len, dtype=self.dtype,
+        mlp=lambda i, y: MLP(self.width, self.width * self.mlp_ratio, self.dtype,
+                             name=f"mlp{i}")(y))
     m = mask[..., None].astype(x.dtype)
     pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
     pooled = nn.Dense(self.width, dtype=self.dtype, name="pool_out")(nn.silu(
