@@ -323,5 +323,10 @@ def psnr(
   """
   recon, target = _f32(recon), _f32(target)
   chex.assert_equal_shape([recon, target])
-  mse = jnp.maximum(_per_example_mean(jnp.square(recon - target)), mse_floor)
-  return _batch_mean(-10.0 * jnp.log10(mse), mask)
+  return _batch_mean(psnr_from_mse(_per_example_mean(jnp.square(recon - target)), mse_floor),
+                     mask)
+
+
+def psnr_from_mse(mse: ArrayLike, mse_floor: float = PSNR_MSE_FLOOR) -> Array:
+  """PSNR in dB (peak 1) of each image from its mean squared error, floored as ``psnr``."""
+  return -10.0 * jnp.log10(jnp.maximum(_f32(mse), mse_floor))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from t2i_jax import losses
 from t2i_jax.errors import UserError
 from t2i_jax.methods.base import Batch, Method, Params
 from t2i_jax.models import latent_ae as latent_ae_lib
@@ -62,9 +63,9 @@ def build_ae(kwargs: Mapping[str, Any]) -> latent_ae_lib.LatentAE:
     raise UserError(f"Bad stage-1 (latent_ae) model_kwargs: {e}.") from None
 
 
-def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
-  """KL(N(mean, exp(logvar)) || N(0, I)) per example, averaged over dimensions: [B]."""
-  kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+def mean_kl_per_dim(mean: Array, logvar: Array) -> Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, averaged over its dimensions: [B]."""
+  kl = losses.gaussian_kl_per_dim(mean, logvar)
   return jnp.mean(kl.reshape(kl.shape[0], -1), axis=-1)
 
 
@@ -75,11 +76,6 @@ def init_key(rng: Array) -> Array:
   net's init took ~14 s to compile with threefry against ~2 s with rbg.
   """
   return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
-
-
-def psnr(mse: Array) -> Array:
-  """PSNR in dB of images in [0, 1] from their mean squared error (floored at 1e-10)."""
-  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +102,7 @@ class LatentAEMethod(Method):
     out = self.model.apply({"params": params}, image, rng)
     err = jnp.square(out["recon"] - image.astype(jnp.float32))
     mse = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
-    kl = gaussian_kl_per_dim(out["mean"], out["logvar"])
+    kl = mean_kl_per_dim(out["mean"], out["logvar"])
     return out, mse, kl
 
   def loss(self, params: Params, batch: Batch, rng: Array, step: Array,
@@ -117,7 +113,7 @@ class LatentAEMethod(Method):
     out, mse, kl = self._forward(params, image, rng)
     loss = jnp.mean(mse) + self.kl_weight * jnp.mean(kl)
     return loss, {"loss": loss, "mse": jnp.mean(mse), "kl": jnp.mean(kl),
-                  "psnr": jnp.mean(psnr(mse)),
+                  "psnr": jnp.mean(losses.psnr_from_mse(mse)),
                   "latent_std": jnp.std(out["mean"])}
 
   def eval_metrics(self, params: Params, batch: Batch, rng: Array,
@@ -125,7 +121,7 @@ class LatentAEMethod(Method):
     """Per example, reconstructing from the posterior mean (deterministic): psnr, mse, kl."""
     del rng, frozen
     _, mse, kl = self._forward(params, batch["image"], None)
-    return {"psnr": psnr(mse), "mse": mse, "kl": kl}
+    return {"psnr": losses.psnr_from_mse(mse), "mse": mse, "kl": kl}
 
   def encode(self, params: Params, image: Array) -> tuple[Array, Array]:
     return self.model.apply({"params": params}, image, method=self.model.encode)
@@ -143,4 +139,4 @@ class LatentAEMethod(Method):
                     "from a caption; sample from the flow run trained on top of it.")
 
 
-__all__ = ["LatentAEMethod", "ae_kwargs", "build_ae", "gaussian_kl_per_dim", "init_key", "psnr"]
+__all__ = ["LatentAEMethod", "ae_kwargs", "build_ae", "init_key", "mean_kl_per_dim"]
