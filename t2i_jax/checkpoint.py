@@ -20,6 +20,7 @@ the ``state`` item (an Orbax partial restore) and the config out of ``meta``.
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,17 @@ def _as_tree(x: Any) -> Any:
   if hasattr(x, "params") and hasattr(x, "opt_state"):
     return {"step": x.step, "params": x.params, "opt_state": x.opt_state}
   return x if isinstance(x, dict) else {}
+
+
+class _ReadOnlyNotice(logging.Filter):
+  """Drops Orbax's "Given directory is read only" warning: our readers ask for read-only
+  managers on purpose (sampling, evaluation, a first stage's params), so it is noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 def _reader(workdir: str | Path) -> ocp.CheckpointManager | None:
