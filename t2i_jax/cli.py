@@ -67,8 +67,11 @@ def _cmd_sample(args) -> None:
 
 def _cmd_compare(args) -> None:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
-  print(sample.compare_grid(args.workdir, num=args.num, n=args.n, seed=args.seed, out=args.out,
-                            data_dir=args.data_dir))
+  path, ref = sample.compare_grid(args.workdir, num=args.num, n=args.n, seed=args.seed,
+                                  out=args.out, data_dir=args.data_dir)
+  print(f"the mean training image on all {ref['test_pairs']:,} test pairs (the collapse "
+        f"reference): MSE {ref['mse']:.4f}, paper_accuracy {ref['paper_accuracy']:.3f}")
+  print(path)
 
 
 def _cmd_plot(args) -> None:

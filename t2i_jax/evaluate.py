@@ -283,8 +283,8 @@ def _baseline_text(gen, captions: Sequence[str]) -> np.ndarray:
 
 def _baseline_sources(train, baselines, idx_table, idx) -> list[Source]:
   """mean_image and retrieval (deterministic), then each baseline run (random)."""
-  mean_image = np.round(train.images.reshape(len(train.images), -1).mean(0)).astype(
-      np.uint8).reshape(train.images.shape[1:])
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  mean_image = np.round(sample.mean_image(train) * 255.0).astype(np.uint8)
   sources = [_fixed_source("mean_image",
                            np.broadcast_to(mean_image, (len(idx),) + mean_image.shape))]
   query = caption_vectors(idx_table.text[idx], None if idx_table.mask is None else

@@ -434,9 +434,39 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     np.savez(f, **arrays)
 
 
+def mean_image(table) -> np.ndarray:
+  """float32 [64, 64, 3] in [0, 1]: the mean image of ``table``'s pairs (an image counts
+  once per caption, as training sees it)."""
+  counts = np.bincount(table.image_index, minlength=len(table.images)).astype(np.float64)
+  total = np.zeros(table.images.shape[1:], np.float64)
+  for start in range(0, len(table.images), 1024):
+    chunk = table.images[start:start + 1024].astype(np.float64) / 255.0
+    total += np.tensordot(counts[start:start + 1024], chunk, axes=1)
+  return (total / counts.sum()).astype(np.float32)
+
+
+def collapse_reference(train, test) -> dict[str, float]:
+  """How a model that always draws the mean training image scores on every test pair:
+  the loss a collapsed paper model plateaus at (SEED.md), in the paper's own metrics."""
+  mean = mean_image(train)
+  sq = np.zeros((), np.float64)
+  hits = np.zeros((), np.float64)
+  mean_arg = np.argmax(mean, axis=-1)
+  for start in range(0, len(test.image_index), 1024):
+    imgs = test.images[test.image_index[start:start + 1024]].astype(np.float32) / 255.0
+    sq += np.square(imgs - mean).mean(axis=(1, 2, 3)).sum()
+    hits += (np.argmax(imgs, axis=-1) == mean_arg).mean(axis=(1, 2)).sum()
+  n = len(test.image_index)
+  mse = float(sq / n)
+  return {"mse": mse, "paper_accuracy": float(hits / n),
+          "psnr_of_mean_mse": float(-10.0 * np.log10(max(mse, 1e-10))), "test_pairs": n}
+
+
 def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0,
-                 out: str | Path | None = None, data_dir: str | None = None) -> Path:
-  """``t2i compare``: test pairs of the run's dataset, the real image beside ``n`` samples.
+                 out: str | Path | None = None, data_dir: str | None = None
+                 ) -> tuple[Path, dict[str, float]]:
+  """``t2i compare``: test pairs of the run's dataset, the real image beside ``n`` samples
+  and the mean training image; returns the grid's path and ``collapse_reference``.
 
   The pairs are the first ``num`` of a seeded random order of the test split, and the model
   reads the very caption tensors stored in the prepared dataset, like the paper's
@@ -451,18 +481,21 @@ def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0
     config.data_dir = str(data_dir)
   common.host_only_tensorflow()
   table = pipeline.load_table(config, "test")
+  train = pipeline.load_table(config, "train")
   order = np.random.default_rng(seed).permutation(len(table))[:num]
   samples = generate_from_tensors(gen, table.text[order], n, seed)
   real = table.images[table.image_index[order]][:, None]
-  images = np.concatenate([real, samples], axis=1)
-  cols = ["dataset"] + [f"sample {j + 1}" for j in range(n)]
+  mean = np.round(mean_image(train) * 255.0).astype(np.uint8)
+  means = np.broadcast_to(mean, (len(order), 1) + mean.shape)
+  images = np.concatenate([real, samples, means], axis=1)
+  cols = ["dataset"] + [f"sample {j + 1}" for j in range(n)] + ["mean image"]
   path = out or gen.workdir / "samples" / f"compare_{gen.step}.png"
-  return save_grid(images, [str(c) for c in table.captions[order]], path, col_labels=cols)
+  return (save_grid(images, [str(c) for c in table.captions[order]], path, col_labels=cols),
+          collapse_reference(train, table))
 
 
 __all__ = [
-    "Generator", "atomic_save", "compare_grid", "draw", "encode_captions", "generate",
-    "generate_from_tensors", "grid_layout", "load_generator", "load_png", "reconstruct",
-    "resolve_options",
-    "sample_grid", "save_grid",
+    "Generator", "atomic_save", "collapse_reference", "compare_grid", "draw",
+    "encode_captions", "generate", "generate_from_tensors", "grid_layout", "load_generator",
+    "load_png", "mean_image", "reconstruct", "resolve_options", "sample_grid", "save_grid",
 ]

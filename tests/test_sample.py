@@ -219,11 +219,24 @@ def test_compare_shows_test_images_beside_samples(run, gen, tmp_path, capsys):
   out = tmp_path / "compare.png"
   assert cli.main(["compare", "--workdir", str(run["workdir"]), "--num", "3", "--n", "2",
                    "--seed", "1", "--out", str(out)]) == 0
-  assert capsys.readouterr().out.strip() == str(out)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[-1] == str(out) and lines[0].startswith("the mean training image on all")
   png = Image.open(out)
-  g = sample.grid_layout(3, 3, col_labels=True)
+  g = sample.grid_layout(3, 4, col_labels=True)  # dataset, 2 samples, the mean image
   assert png.size == (g["width"], g["height"])
   table = pipeline.load_table(gen.config, "test")
+  train = pipeline.load_table(gen.config, "train")
+  # The collapse reference, against a direct computation over the pairs.
+  mean = train.images[train.image_index].astype(np.float64).mean(0) / 255.0
+  test_imgs = table.images[table.image_index].astype(np.float64) / 255.0
+  ref = sample.collapse_reference(train, table)
+  np.testing.assert_allclose(ref["mse"], np.square(test_imgs - mean).mean(), rtol=1e-5)
+  acc = (np.argmax(test_imgs, -1) == np.argmax(mean, -1)).mean()
+  np.testing.assert_allclose(ref["paper_accuracy"], acc, rtol=1e-6)
+  assert ref["test_pairs"] == len(table) and f"MSE {ref['mse']:.4f}" in lines[0]
+  np.testing.assert_allclose(sample.mean_image(train), mean, atol=1e-6)
+  np.testing.assert_array_equal(_tile(png, 0, 3), _upscaled(np.round(
+      sample.mean_image(train) * 255.0).astype(np.uint8)))
   order = np.random.default_rng(1).permutation(len(table))[:3]
   samples = sample.generate_from_tensors(gen, table.text[order], 2, seed=1)
   for r, i in enumerate(order):
