@@ -340,3 +340,21 @@ def test_frozen_params_must_match_the_stage1_settings(ae_setup):
   method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(other)))
   with pytest.raises(UserError):
     method.frozen_from_params(ae_params)
+
+
+def test_flow_experiments_read_every_caption_word():
+  """The word encoder's positional table covers the captions each experiment stores, and
+  the two stages see one dataset (flow_flickr8k shares cvae_flickr8k's prepared data)."""
+  from experiments import cvae_flickr8k, flow_flickr8k, flow_shapes, quickstart
+  from t2i_jax.train import stages  # pylint: disable=import-outside-toplevel
+  for module in (flow_shapes, quickstart, flow_flickr8k):
+    c = module.get_config()
+    resolved = {name: stage for name, stage, _ in stages.stage_configs(c, "w")}
+    assert resolved["stage2"].model_kwargs.max_len >= c.max_caption_len
+    for stage in resolved.values():
+      assert stage.max_caption_len == c.max_caption_len
+  c, cv = flow_flickr8k.get_config(), cvae_flickr8k.get_config()
+  for key in ("dataset", "split_scheme", "image_mode", "caption_mode", "max_caption_len",
+              "remove_stopwords"):
+    assert c[key] == cv[key], key
+  assert (c.split_scheme, c.image_mode) == ("official", "center_crop")
