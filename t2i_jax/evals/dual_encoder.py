@@ -51,7 +51,9 @@ class DualConfig:
   # Passes over the train images, within [min_steps, max_steps]. On the shared sample (754
   # train images) 160 passes gave test R@1 5.0% on real images against 3.5% for 40. On the
   # full corpus (6,000 train images, Flickr8k at 128 px) the cap's 1,500 steps (32 passes)
-  # gave 9.9% +- 2.5%, and 7,500 steps (160 passes) 8.8% +- 2.3%: it overfits (README).
+  # gave 9.9% +- 2.5%, and 7,500 steps (160 passes) 8.8% +- 2.3%: it overfits. At 1,500
+  # steps, 750 / 1,500 / 3,000 / 6,000 train images gave 4.3 / 5.5 / 8.0 / 9.3%: it is
+  # short of data (experiments.judge_flickr8k; README, "the judge").
   epochs: float = 160.0
   min_steps: int = 200
   max_steps: int = 1500
