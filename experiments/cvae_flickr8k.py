@@ -36,6 +36,10 @@ def get_config():
   through the prior; both were lowest at epochs 3-4 (0.030 / 0.066): on 754 images the
   model overfits after that. Samples follow the caption's colours and layout loosely
   (sky over sand for a beach, green for a dog on grass) with no recognisable objects.
+  Full corpus (Flickr8k at 128 px (squashed), --config.max_steps=6000, i.e. 6.4 of the 30
+  epochs): test MSE 0.0224 at epoch 2, then rising to 0.0242 (it overfits); t2i evaluate
+  on 1,000 official test pairs: R-precision 4.7% +- 2.5% (real images 9.3%), FD_dual 3.63,
+  KID_dual 0.014; 41 min on the 2-core Intel Xeon VM shared with two other jobs.
   Run time (measured): 59 min on the 2-core CPU while sharing it with the shapes run
   (niced), of which preparing the sample about 30 s; peak RSS 2.1 GB. Alone it runs at
   about 5 steps/s: about 12 min for the sample, an ESTIMATED 95 min for the full corpus.

@@ -32,8 +32,15 @@ def get_config():
   caption dropout; AdamW 1e-3, batch 128, EMA 0.999) reading 32 words, 6,000 steps
   (about 26 passes over the 30,000 pairs); sampling Euler, 20 steps, guidance 3.
 
-  Expected result: see the README, "Flickr8k at 128 px (squashed)"; measured numbers are
-  recorded here when the run has finished.
+  Expected result (measured, Flickr8k at 128 px (squashed), seed 0; t2i evaluate on 1,000
+  official test pairs, 3 seeds; EMA, Euler 20 steps, guidance 3): stage 1 test PSNR 25.6
+  dB; R-precision 13.6% +- 1.9% (10 folds) against 9.3% for the real test images, 4.7% for
+  the CVAE (6,000 steps) and 1.3% for the paper's model 1; FD_dual 2.29 (CVAE 3.63, model 1
+  5.06, floor 0.44), KID_dual 0.0041 (CVAE 0.014); stage-2 test v_mse 1.31 at step 936,
+  1.18 at 5,616, still falling. Samples carry the caption's scene and colours, no objects.
+  Run time: 1 h 34 min in all on the 2-core Intel Xeon VM while 2-3 other jobs shared it
+  (preparing 81 s; stage 1 ~0.9 steps/s, stage 2 1.4-1.6 steps/s on cached latents);
+  evaluation 3 min 16 s alone; sampling 53.8 images/s.
   """
   c = configs.flow_config("flickr8k")
   c.split_scheme = "official"
