@@ -22,8 +22,8 @@ def get_config():
   paper"): 5 epochs: train loss 0.0657 / paper_accuracy 0.375, test 0.0650 / 0.343; the loss plateaus from epoch 2 and every caption decodes to the same mean image (posterior collapse).
   Run time: 205-341 s per epoch (4,012 batch-1 steps) on a loaded 2-core AMD EPYC VM, CPU only.
   Full corpus (Flickr8k at 128 px (squashed), paper split, 32,364 steps per epoch;
-  README "The paper at full scale"): test loss 0.0653 / 0.0652 / 0.0652 / 0.0654 after
-  epochs 1-4, test MSE within about 1% of the mean training image's 0.0646 (collapse);
+  README "The paper at full scale"): test loss 0.0651-0.0655 over
+  epochs 1-10, test MSE within about 1% of the mean training image's 0.0646 (collapse);
   about 5 min per epoch on the idle 2-core Intel Xeon VM, 13-30 min when shared.
   """
   return configs.paper_config("model1", learning_rate=1e-2)
