@@ -1,7 +1,7 @@
 r"""The two-stage latent flow model on Flickr8k, official split (no test image trained on).
 
 Run: python -m experiments.flow_flickr8k --workdir runs/flow_flickr8k \
-       --config.data_dir=DATA_DIR --config.manual_dir=../shared/flickr8k_full
+       --config.data_dir=DATA_DIR --config.manual_dir=$T2I_FLICKR8K_FULL_DIR
 """
 
 import sys
@@ -16,7 +16,7 @@ def get_config():
 
   Command:
     python -m experiments.flow_flickr8k --workdir runs/flow_flickr8k \
-        --config.data_dir=DATA_DIR --config.manual_dir=../shared/flickr8k_full
+        --config.data_dir=DATA_DIR --config.manual_dir=$T2I_FLICKR8K_FULL_DIR
     t2i evaluate --workdir runs/flow_flickr8k --baseline-workdir runs/model1 --num 1000
     t2i sample --workdir runs/flow_flickr8k "a dog runs on the grass" -n 8
   (rerun the first to resume, at either stage; --config.stage2.KEY=VALUE reaches one stage).

@@ -7,7 +7,7 @@ random captions, as t2i evaluate does) on official *test* pairs and on pairs of 
 capacity; a run per size (``--config.train_images``) gives the learning curve.
 
 Run: python -m experiments.judge_flickr8k --config.data_dir=DATA_DIR \
-       --config.manual_dir=../shared/flickr8k_full [--config.train_images=1500] \
+       --config.manual_dir=$T2I_FLICKR8K_FULL_DIR [--config.train_images=1500] \
        [--config.dual.max_steps=3000 ...]
 The last line is JSON. Nothing is cached: t2i evaluate keeps its own cached judge.
 """
@@ -30,7 +30,7 @@ def get_config():
 
   Command:
     python -m experiments.judge_flickr8k --config.data_dir=DATA_DIR \
-        --config.manual_dir=../shared/flickr8k_full --config.train_images=N
+        --config.manual_dir=$T2I_FLICKR8K_FULL_DIR --config.train_images=N
   for N in 750, 1500, 3000, 0 (= all 6,000). Data: Flickr8k at 128 px (squashed), official
   split, centre crops at 64x64 (the prepared dataset of experiments.flow_flickr8k and
   cvae_flickr8k). Scored: 1,000 test pairs (the pairs t2i evaluate --num 1000 scores) and

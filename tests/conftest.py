@@ -36,5 +36,5 @@ def flickr8k_dir():
 @pytest.fixture
 def flickr8k_full_dir():
   """All 8,091 Flickr8k images at 128 px, named by $T2I_FLICKR8K_FULL_DIR (set by .ci/run
-  where ../shared/flickr8k_full exists), else skip."""
+  where the shared full-corpus folder exists), else skip."""
   return _shared_folder("T2I_FLICKR8K_FULL_DIR")
