@@ -70,7 +70,7 @@ def _cmd_compare(args) -> None:
   path, ref = sample.compare_grid(args.workdir, num=args.num, n=args.n, seed=args.seed,
                                   out=args.out, data_dir=args.data_dir)
   print(f"the mean training image on all {ref['test_pairs']:,} test pairs (the collapse "
-        f"reference): MSE {ref['mse']:.4f}, paper_accuracy {ref['paper_accuracy']:.3f}")
+        f"reference): MSE {ref['mse']:.5f}, paper_accuracy {ref['paper_accuracy']:.3f}")
   print(path)
 
 

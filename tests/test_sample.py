@@ -233,7 +233,7 @@ def test_compare_shows_test_images_beside_samples(run, gen, tmp_path, capsys):
   np.testing.assert_allclose(ref["mse"], np.square(test_imgs - mean).mean(), rtol=1e-5)
   acc = (np.argmax(test_imgs, -1) == np.argmax(mean, -1)).mean()
   np.testing.assert_allclose(ref["paper_accuracy"], acc, rtol=1e-6)
-  assert ref["test_pairs"] == len(table) and f"MSE {ref['mse']:.4f}" in lines[0]
+  assert ref["test_pairs"] == len(table) and f"MSE {ref['mse']:.5f}" in lines[0]
   np.testing.assert_allclose(sample.mean_image(train), mean, atol=1e-6)
   np.testing.assert_array_equal(_tile(png, 0, 3), _upscaled(np.round(
       sample.mean_image(train) * 255.0).astype(np.uint8)))
