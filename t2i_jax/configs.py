@@ -62,6 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer_kwargs = ml_collections.ConfigDict()
   c.learning_rate = 1e-3
   c.warmup_steps = 0  # linear learning-rate warm-up over this many steps (0 = none)
+  # After the warm-up: 'constant', or 'cosine' down to lr * lr_final_fraction at step
+  # lr_decay_steps (warm-up included; constant after it). A fixed budget ends better
+  # cooled down; set lr_decay_steps to the run's max_steps.
+  c.lr_schedule = "constant"  # constant | cosine
+  c.lr_decay_steps = 0
+  c.lr_final_fraction = 0.0
   c.grad_clip_norm = 0.0  # clip gradients to this global norm (0 = off)
   c.batch_size = 64
   c.num_epochs = 15

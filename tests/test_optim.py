@@ -72,3 +72,52 @@ def test_make_optimizer():
       _run_optax(optax.adam(1e-3), w, grads), atol=0)
   with pytest.raises(UserError, match="Unknown optimizer"):
     optim.make_optimizer("sgd", 1e-3)
+
+
+def _step_sizes(config, num_steps):
+  """|update| per step for a constant gradient under Adam: exactly the learning rate then."""
+  from t2i_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  tx = state_lib.optimizer(config)
+  params = {"w": jnp.ones((3,))}
+  opt_state = tx.init(params)
+  sizes = []
+  for _ in range(num_steps):
+    updates, opt_state = tx.update({"w": jnp.full((3,), 0.5)}, opt_state, params)
+    sizes.append(float(jnp.abs(updates["w"][0])))
+  return np.array(sizes)
+
+
+def _adam_config(**kw):
+  from t2i_jax import configs  # pylint: disable=import-outside-toplevel
+  c = configs.base_config()
+  c.optimizer, c.learning_rate, c.warmup_steps = "adam", 1e-2, 2
+  c.optimizer_kwargs = {"eps": 0.0}
+  c.update(kw)
+  return c
+
+
+def test_cosine_schedule_warms_up_decays_to_the_final_fraction_then_holds():
+  sizes = _step_sizes(_adam_config(lr_schedule="cosine", lr_decay_steps=10,
+                                   lr_final_fraction=0.1), 13)
+  np.testing.assert_allclose(sizes[:3], [0.0, 5e-3, 1e-2], rtol=1e-4)  # linear warm-up
+  mid = 1e-3 + 0.5 * (1e-2 - 1e-3) * (1 + np.cos(np.pi * 4 / 8))  # step 6 of 2..10
+  np.testing.assert_allclose(sizes[6], mid, rtol=1e-4)
+  assert np.all(np.diff(sizes[2:11]) < 0)  # strictly down after the warm-up
+  np.testing.assert_allclose(sizes[10:], 1e-3, rtol=1e-4)  # lr * final_fraction, held
+
+
+def test_constant_schedule_is_the_default():
+  sizes = _step_sizes(_adam_config(), 6)
+  np.testing.assert_allclose(sizes, [0.0, 5e-3, 1e-2, 1e-2, 1e-2, 1e-2], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine"),
+    ({"lr_schedule": "cosine"}, "needs --config.lr_decay_steps"),
+    ({"lr_schedule": "cosine", "lr_decay_steps": 2}, "needs --config.lr_decay_steps"),
+    ({"lr_final_fraction": 1.5}, "lr_final_fraction must be in"),
+])
+def test_bad_schedule_settings_get_one_line(kw, match):
+  from t2i_jax.train import loop  # pylint: disable=import-outside-toplevel
+  with pytest.raises(UserError, match=match):
+    loop.validate(_adam_config(**kw))

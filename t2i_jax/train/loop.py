@@ -43,6 +43,7 @@ RESUMABLE_KEYS = frozenset({
 })
 
 PRECISIONS = ("float32", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 DATA_ON_DEVICE = ("auto", "always", "never")
 NONFINITE_MODES = ("stop", "skip")
 
@@ -104,7 +105,7 @@ class CheckpointMeta:
 def validate(config: ml_collections.ConfigDict) -> None:
   """One-line errors for settings the trainer cannot run, before any data is loaded."""
   for key, allowed in (("precision", PRECISIONS), ("data_on_device", DATA_ON_DEVICE),
-                       ("nonfinite", NONFINITE_MODES)):
+                       ("nonfinite", NONFINITE_MODES), ("lr_schedule", LR_SCHEDULES)):
     if config[key] not in allowed:
       raise UserError(f"--config.{key} must be one of {', '.join(allowed)}, got "
                       f"{config[key]!r}.")
@@ -114,6 +115,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                    ("eval_sample_captions", 0)):
     if config[key] < low:
       raise UserError(f"--config.{key} must be at least {low}, got {config[key]}.")
+  if config.lr_schedule == "cosine" and config.lr_decay_steps <= config.warmup_steps:
+    raise UserError(f"--config.lr_schedule=cosine needs --config.lr_decay_steps (the step it "
+                    f"ends at, usually max_steps) above warmup_steps ({config.warmup_steps}), "
+                    f"got {config.lr_decay_steps}.")
+  if not 0.0 <= float(config.lr_final_fraction) <= 1.0:
+    raise UserError("--config.lr_final_fraction must be in [0, 1], got "
+                    f"{config.lr_final_fraction}.")
   if not 0.0 <= float(config.ema_decay) < 1.0:
     raise UserError(f"--config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}.")
   methods.method_class(config.model)  # an unknown model fails here, in one line

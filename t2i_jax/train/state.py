@@ -72,10 +72,14 @@ class TrainState(struct.PyTreeNode):
 
 @functools.lru_cache(maxsize=32)
 def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...],
-               warmup_steps: int, grad_clip_norm: float):
+               warmup_steps: int, grad_clip_norm: float, schedule: str = "constant",
+               decay_steps: int = 0, final_fraction: float = 0.0):
   """One optax transformation per setting, so equal configs give equal (cache-hitting) states."""
   lr = learning_rate
-  if warmup_steps > 0:  # linear from 0 to the learning rate, then constant
+  if schedule == "cosine":  # linear warm-up, cosine to lr * final_fraction, then constant
+    lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, decay_steps,
+                                            end_value=learning_rate * final_fraction)
+  elif warmup_steps > 0:  # linear from 0 to the learning rate, then constant
     lr = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
   tx = optim.make_optimizer(name, lr, **dict(kwargs))
   if grad_clip_norm > 0:
@@ -84,11 +88,14 @@ def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], .
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimiser of ``config``: its name and kwargs, learning-rate warm-up, gradient clip."""
+  """The optimiser of ``config``: its name and kwargs, learning-rate schedule, gradient clip."""
   kwargs = config.optimizer_kwargs
   kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
   return _optimizer(config.optimizer, float(config.learning_rate), tuple(sorted(kwargs.items())),
-                    int(config.warmup_steps), float(config.grad_clip_norm))
+                    int(config.warmup_steps), float(config.grad_clip_norm),
+                    str(config.get("lr_schedule", "constant")),
+                    int(config.get("lr_decay_steps", 0)),
+                    float(config.get("lr_final_fraction", 0.0)))
 
 
 def image_to_float(image: jax.typing.ArrayLike) -> jax.Array:
