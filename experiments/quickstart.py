@@ -55,7 +55,6 @@ def get_config():
   c.stage2.max_steps = 800
   c.stage2.ema_decay = 0.99  # a short run: a long EMA would still be near its start
   c.stage2.checkpoint_every_steps = 0
-  c.stage2.lr_decay_steps = c.stage2.max_steps  # the cosine of flow_shapes, on this budget
   return c
 
 
