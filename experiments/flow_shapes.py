@@ -28,19 +28,18 @@ def get_config():
   t, 10% caption dropout; AdamW 1e-3 (b2 0.99, 200 warm-up steps, clip 1), batch 128,
   EMA 0.999 (warmed up); sampling Euler, 20 steps, guidance 3.
 
-  Expected result (measured, seed 0; t2i evaluate, 1,000 captions per split, 3 seeds; EMA,
-  Euler 20 steps, guidance 3): stage 1 test PSNR 34.2 dB, its reconstructions read back with
-  every stated attribute right in 93.9% of test images (shape 96.0%). Stage 2 at step 5,000
-  (the 60-minute point on the idle VM): all stated right 34.2% +- 0.4% test, 24.5% +- 1.0%
-  compositional, relations 28%. At 15,000 (the finished run): 73.2% +- 1.6% test, 69.9% +-
-  1.7% compositional, relations 64%, colours 96%, cells 99%, counts 92%, shapes 83%;
-  open_cell_diversity 100%; 73.9 images/s. Targets (95% / 80% / relations 90%) missed by
-  22 / 10 / 26 points at 15,000 steps.
-  Run time (2-core VM, rates measured idle): preparing ~2.5 min, stage 1 ~15 min (1.15
-  steps/s), stage 2 3.9 steps/s on cached latents (about 65 min for 15,000 steps; 2.1-2.9
-  steps/s before the latents were cached); about 1.45 h in all with cached latents from the
-  start (an estimate from the rates; this run's mix took 1.6-1.9 h of idle-VM time);
-  evaluation 2.7 min.
+  Expected result (measured, seed 0, idle 2-core Intel Xeon VM, 2026-12-03; t2i evaluate,
+  1,000 captions per split, 3 seeds; EMA, Euler 20 steps, guidance 3): stage 1 test PSNR
+  34.2 dB, its reconstructions read back with every stated attribute right in 93.9% of test
+  images (shape 96.0%). Stage 2 at 7,000 steps (this config): all stated right 40.8% +- 0.7%
+  test, 30.8% +- 1.3% compositional, relations 27%, shapes 54%, cells 90%;
+  open_cell_diversity 100%. Extended to 15,000 steps (rerun with
+  --config.stage2.max_steps=15000: the run resumes; an earlier run of this config): 73.2% +-
+  1.6% test, 69.9% +- 1.7% compositional, relations 64%. Targets (95% / 80% / relations
+  90%) missed by 54 / 49 / 63 points at 7,000 steps and 22 / 10 / 26 at 15,000.
+  Run time (the same VM, idle, cold data): preparing 114 s, stage 1 1.13 steps/s (done at
+  17.3 min), stage 2 7,000 steps in 43.1 min on cached latents with its evals (2.7 steps/s
+  overall): 60.4 min in all, peak RSS 4.2 GB. Evaluation 3.3 min.
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000

@@ -46,7 +46,7 @@ def get_config():
   stage 2 6.6 min, before the stage-1 latents were cached), 1,044 s with the evaluation;
   every stated attribute right in 1.5% +- 0.2% of test images (1.2% compositional),
   backgrounds 86%, open_cell_diversity 99%. The issue's targets (<= 5 min, >= 50%) are
-  missed: 800 flow steps are far too few (experiments.flow_shapes: 34% at 5,000 steps).
+  missed: 800 flow steps are far too few (experiments.flow_shapes: 41% at 7,000 steps).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
