@@ -63,8 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-3
   c.warmup_steps = 0  # linear learning-rate warm-up over this many steps (0 = none)
   # After the warm-up: 'constant', or 'cosine' down to lr * lr_final_fraction at step
-  # lr_decay_steps (warm-up included; constant after it). A fixed budget ends better
-  # cooled down; set lr_decay_steps to the run's max_steps.
+  # lr_decay_steps (warm-up included; constant after it; usually the run's max_steps).
+  # Measured no better for the flow family on shapes (README, experiments.flow_shapes).
   c.lr_schedule = "constant"  # constant | cosine
   c.lr_decay_steps = 0
   c.lr_final_fraction = 0.0

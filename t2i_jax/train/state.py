@@ -72,8 +72,8 @@ class TrainState(struct.PyTreeNode):
 
 @functools.lru_cache(maxsize=32)
 def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...],
-               warmup_steps: int, grad_clip_norm: float, schedule: str = "constant",
-               decay_steps: int = 0, final_fraction: float = 0.0):
+               warmup_steps: int, grad_clip_norm: float, schedule: str, decay_steps: int,
+               final_fraction: float):
   """One optax transformation per setting, so equal configs give equal (cache-hitting) states."""
   lr = learning_rate
   if schedule == "cosine":  # linear warm-up, cosine to lr * final_fraction, then constant
@@ -93,9 +93,8 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
   kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
   return _optimizer(config.optimizer, float(config.learning_rate), tuple(sorted(kwargs.items())),
                     int(config.warmup_steps), float(config.grad_clip_norm),
-                    str(config.get("lr_schedule", "constant")),
-                    int(config.get("lr_decay_steps", 0)),
-                    float(config.get("lr_final_fraction", 0.0)))
+                    str(config.lr_schedule), int(config.lr_decay_steps),
+                    float(config.lr_final_fraction))
 
 
 def image_to_float(image: jax.typing.ArrayLike) -> jax.Array:
