@@ -108,3 +108,21 @@ def test_sampling_options_from_the_command_line(flow_run, tmp_path, capsys):
     assert cli.main(["sample", "--workdir", run, "a red circle", *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+
+
+def test_sampling_benchmark_times_each_setting(flow_run, capsys):
+  from experiments import bench_sample  # pylint: disable=import-outside-toplevel
+  run = str(flow_run / "full")
+  assert bench_sample.main([f"--config.workdir={run}", "--config.guidance=(1.0, 3.0)",
+                            "--config.steps=(2,)", "--config.num_images=4",
+                            "--config.rounds=1"]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  options = [row["options"] for row in result["rows"]]
+  # the run's own setting (guidance 3, its 3 steps) first, then guidance 1, then 2 steps;
+  # guidance 3 is the run's own setting again, so it is timed once
+  assert [(o["guidance"], o["steps"]) for o in options] == [(3.0, 3), (1.0, 3), (3.0, 2)]
+  assert all(row["images"] == 4 and row["images_per_s"] > 0 for row in result["rows"])
+  assert result["step"] == STEPS and result["machine"]
+  assert bench_sample.main(["--config.workdir=" + run, "--config.steps=(0,)"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and "steps" in err[0], err
