@@ -170,8 +170,29 @@ def test_flow_loss_shapes_and_grads(flow_setup, flow_trained):
   # The latent scale was measured on this batch: the normalised latent has std 1.
   np.testing.assert_allclose(float(metrics["latent_std"]), 1.0, rtol=1e-4)
   ev = jax.jit(method.eval_metrics)(params, _batch(), jax.random.key(0), frozen)
-  chex.assert_shape(ev["v_mse"], (B,))
+  chex.assert_shape([ev["v_mse"], ev["v_mse_null"], ev["caption_gain"]], (B,))
   assert np.all(np.isfinite(np.asarray(ev["v_mse"])))
+
+
+def test_caption_gain_is_what_the_caption_changes(flow_setup):
+  """v_mse_null sees the null caption only (the same for any caption), v_mse the caption;
+  caption_gain is their difference, at the same t and noise."""
+  method, params, frozen = flow_setup  # random output layers: the caption matters
+  batch = _batch()
+  other = dict(batch, text=jnp.roll(batch["text"], 1, axis=0),
+               mask=jnp.roll(batch["mask"], 1, axis=0))
+  ev_fn = jax.jit(method.eval_metrics)
+  ev = ev_fn(params, batch, jax.random.key(0), frozen)
+  ev_other = ev_fn(params, other, jax.random.key(0), frozen)
+  np.testing.assert_allclose(np.asarray(ev["caption_gain"]),
+                             np.asarray(ev["v_mse_null"]) - np.asarray(ev["v_mse"]), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(ev["v_mse_null"]), np.asarray(ev_other["v_mse_null"]),
+                             rtol=1e-6)
+  assert not np.allclose(np.asarray(ev["v_mse"]), np.asarray(ev_other["v_mse"]))
+  assert np.any(np.abs(np.asarray(ev["caption_gain"])) > 1e-6)
+  # At init the zero output layer gives v = 0 with or without the caption: no gain.
+  at_init = ev_fn(method.init(jax.random.key(1), batch), batch, jax.random.key(0), frozen)
+  np.testing.assert_array_equal(np.asarray(at_init["caption_gain"]), 0.0)
 
 
 def test_cached_latents_give_the_same_loss_and_grads(flow_setup):

@@ -245,11 +245,18 @@ class FlowMethod(Method):
 
   def eval_metrics(self, params: Params, batch: Batch, rng: Array,
                    frozen: Params | None = None) -> dict[str, Array]:
-    """Per example: the conditional velocity MSE at a random logit-normal t ('v_mse')."""
+    """Per example: the velocity MSE at a random logit-normal t with the caption ('v_mse')
+    and, at the same t and noise, with the null caption ('v_mse_null').
+
+    Their difference, 'caption_gain', is what the caption tells the model. v_mse alone can
+    fall while captions are followed worse (a better image prior hides a weaker text path:
+    measured, README), so the gain is the in-loop number to watch for caption following.
+    """
     text, mask = _caption(batch)
     x0 = self.encode_latent(frozen, batch["image"])
     per, _, _ = self._per_example_loss(params, x0, text, mask, rng, 0.0)
-    return {"v_mse": per}
+    per_null, _, _ = self._per_example_loss(params, x0, text, mask, rng, 1.0)
+    return {"v_mse": per, "v_mse_null": per_null, "caption_gain": per_null - per}
 
   # ------------------------------------------------------------------------ sampling
 
