@@ -57,9 +57,11 @@ def test_both_stages_train_and_the_second_reads_the_first(flow_run):
   for stage in ("stage1", "stage2"):
     step, leaves = _leaves(run / stage)
     assert step == STEPS and all(np.isfinite(x).all() for x in leaves)
-  records = [json.loads(line) for line in (run / "stage2" / "metrics.jsonl").read_text().splitlines()]
-  test = [r for r in records if r["split"] == "test"][-1]
+  metrics = (run / "stage2" / "metrics.jsonl").read_text().splitlines()
+  test = [r for r in map(json.loads, metrics) if r["split"] == "test"][-1]
   assert np.isfinite(test["v_mse"]) and test["num_examples"] == 10
+  # the in-loop eval also logs what the caption tells the model
+  assert np.isclose(test["caption_gain"], test["v_mse_null"] - test["v_mse"], atol=1e-6)
   # The frozen first stage is stored once with the second, and equals the first's params.
   frozen = checkpoint.load_frozen(run / "stage2")
   _, first, _ = checkpoint.restore_for_inference(run / "stage1")
