@@ -41,12 +41,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (idle 2-core VM, 2026-12-02, cold data, scene reader cached; README "Quick
-  start"): 870 s to prepare, train and draw the samples (preparing 38 s, stage 1 ~6 min,
-  stage 2 6.6 min, before the stage-1 latents were cached), 1,044 s with the evaluation;
-  every stated attribute right in 1.5% +- 0.2% of test images (1.2% compositional),
-  backgrounds 86%, open_cell_diversity 99%. The issue's targets (<= 5 min, >= 50%) are
-  missed: 800 flow steps are far too few (experiments.flow_shapes: 41% at 7,000 steps).
+  Measured (idle 2-core VM, 2026-12-03, cold data, scene reader cached; README "Quick
+  start"): 711 s to prepare, train and draw the samples (preparing 36 s, stage 1 5.6 min,
+  stage 2 4.4 min on the cached stage-1 latents), 875 s with the evaluation; peak RSS
+  2.9 GB; sampling at guidance 7 (flow_shapes' default). Every stated attribute right in
+  3.8% +- 0.2% of test images (2.4% compositional), backgrounds 91%, open_cell_diversity
+  98%. The issue's targets (<= 5 min, >= 50%) are missed: stage 1 alone takes 5.6 min and
+  800 flow steps are far too few (experiments.flow_shapes: 42% at 7,000 steps).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
