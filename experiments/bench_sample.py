@@ -27,10 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   (a family without guidance or steps, such as the CVAE: add --config.guidance='()'
   --config.steps='()' to time its own setting alone).
 
-  Measured (idle 2-core Intel Xeon VM, 2026-12-03; experiments.flow_shapes at 7,000 steps,
-  256 images per draw, best of 3; 2.4 min in all): see the README's sweep table, column
-  images/s; the default (Euler 20 steps, guidance 3) draws about 3x more images per second
-  than with compilation included.
+  Measured (idle 2-core Intel Xeon VM, 2026-12-03; the 60-minute experiments.flow_shapes
+  run, step 7,000; 256 images per draw, best of 3; 3.1 min in all, peak RSS 1.1 GB):
+  Euler 20 steps 56.3 images/s at guidance 3, 57.3 at 7, 85.8 at 1 (one pass per step);
+  at guidance 3, 249 images/s with 4 steps, 35.7 with 32; the first (compiling) draw of
+  each setting 5-11 s. Every row: the README's sweep table.
   """
   return ml_collections.ConfigDict({
       "workdir": "",  # the training run (or two-stage folder) to sample from; required

@@ -37,9 +37,8 @@ def get_config():
   caption_gain 0.042 (on the final EMA params; the run predates that metric). Extended to
   15,000 steps (rerun with --config.stage2.max_steps=15000: the run resumes; an earlier
   run of this config, guidance 3): 73.2% +- 1.6% test, 69.9% +- 1.7% compositional,
-  relations 64%. Targets (95% / 80% / relations 90%) missed by 53 /
-  45 / 61 points at 7,000 steps and 22 / 10 / 26 at 15,000. Sampling 57 images/s
-  (experiments.bench_sample).
+  relations 64%. Targets (95% / 80% / relations 90%) missed by 53 / 45 / 61 points at
+  7,000 steps and 22 / 10 / 26 at 15,000. Sampling 57 images/s (experiments.bench_sample).
   Run time (the same VM, idle, cold data): preparing 114 s, stage 1 1.13 steps/s (done at
   17.3 min), stage 2 7,000 steps in 43.1 min on cached latents with its evals (2.7 steps/s
   overall): 60.4 min in all, peak RSS 4.2 GB. Evaluation 3.3 min.
