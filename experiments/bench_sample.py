@@ -76,8 +76,7 @@ def run(config) -> dict:
     times = []
     for seed in range(config.rounds + 1):
       t0 = time.perf_counter()
-      images = sample.draw(gen.method, gen.params, gen.frozen, text, n=per_caption, seed=seed,
-                           options=checked)
+      images = sample.generate_from_tensors(gen, text, per_caption, seed, **checked)
       times.append(time.perf_counter() - t0)
     count = images.shape[0] * images.shape[1]
     row = dict(options=checked, images=count, first_s=round(times[0], 3),
