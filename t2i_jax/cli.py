@@ -1,4 +1,4 @@
-"""The ``t2i`` command: prepare data, train, sample, compare, plot, evaluate.
+"""The ``t2i`` command: prepare data, train, sample, compare, plot, evaluate, loss.
 
 Every user-facing failure is a :class:`t2i_jax.errors.UserError`; ``main`` prints its one
 line as ``error: ...`` and exits with status 2, never a traceback.
@@ -88,6 +88,18 @@ def _cmd_evaluate(args) -> None:
     print(evaluate.format_table(report["results"]))
   else:
     print(evaluate.format_pivot(report["results"], markdown=args.markdown))
+  print(report["path"])
+
+
+def _cmd_loss(args) -> None:
+  from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
+  report = evaluate.loss_metrics(args.workdir, split=args.split, data_dir=args.data_dir,
+                                 batch_size=args.batch_size, out=args.out)
+  print(f"{report['workdir']} step {report['step']}, {report['split']} split "
+        f"({int(report['metrics']['num_examples']):,} pairs):")
+  for name, value in report["metrics"].items():
+    if name != "num_examples":
+      print(f"  {name} {value:.6g}")
   print(report["path"])
 
 
@@ -195,6 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
   pe.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
                   "run's config says")
   pe.set_defaults(func=_cmd_evaluate)
+
+  pm = sub.add_parser("loss", help="the in-loop metrics (loss; flow: v_mse, caption_gain) "
+                      "of a run's latest params over a split",
+                      description="The family's in-loop evaluation over a whole split, on the "
+                      "latest checkpoint (its EMA if kept), with the training loop's key: the "
+                      "test split at the run's eval_batch_size gives its last in-loop numbers.")
+  pm.add_argument("--workdir", required=True, help="a training run's folder")
+  pm.add_argument("--split", default="test", help="train, test, compositional (shapes) or "
+                  "dev (Flickr8k, official split)")
+  pm.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's "
+                  "eval_batch_size; others change the per-batch noise)")
+  pm.add_argument("--out", help="JSON path (default: WORKDIR/eval/loss_SPLIT.json)")
+  pm.add_argument("--data-dir", help="where the run's dataset is prepared, if not where the "
+                  "run's config says")
+  pm.set_defaults(func=_cmd_loss)
   return p
 
 

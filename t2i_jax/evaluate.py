@@ -509,8 +509,42 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   return report
 
 
+def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | None = None,
+                 batch_size: int | None = None, out: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+  """The run's in-loop metrics over a whole split, on its latest params (the EMA if kept).
+
+  The same evaluator and key as the training loop's at that step (``in_loop_eval``), so on
+  the test split at the run's own ``eval_batch_size`` it recomputes the last in-loop numbers;
+  a run trained before a metric existed (the flow family's ``caption_gain``) gets it too.
+  Writes ``W/eval/loss_<split>.json`` (or ``out``); returns the report with its ``path``.
+  """
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from t2i_jax.train import in_loop_eval  # pylint: disable=import-outside-toplevel
+  gen = sample.load_generator(workdir, generating=False)
+  config = _override_data_dir(gen.config, data_dir)
+  size = int(config.eval_batch_size if batch_size is None else batch_size)
+  if size < 1:
+    raise UserError(f"--batch-size must be at least 1, got {size}.")
+  common.host_only_tensorflow()
+  table = pipeline.load_table(config, split)
+  eval_step = in_loop_eval.make_eval_step(config, gen.frozen, method=gen.method)
+  rng = jax.random.fold_in(in_loop_eval.run_rngs(config.seed)[2], gen.step)
+  metrics = in_loop_eval.evaluate(eval_step, gen.params, table, batch_size=size, rng=rng,
+                                  desc=f"{split} loss", progress=progress)
+  report = {"workdir": str(gen.workdir), "step": gen.step, "split": split,
+            "model": gen.config.model, "batch_size": size, "metrics": metrics}
+  path = Path(out).expanduser() if out else gen.workdir / "eval" / f"loss_{split}.json"
+  sample.atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"),
+                     path)
+  report["path"] = str(path)
+  return report
+
+
 __all__ = [
     "Evaluator", "caption_vectors", "entry", "evaluate_dataset", "evaluate_run", "folds",
-    "format_pivot", "format_table", "frechet_distance", "kid", "mmd2_unbiased",
+    "format_pivot", "format_table", "frechet_distance", "kid", "loss_metrics", "mmd2_unbiased",
     "nearest_captions", "r_precision_candidates", "r_precision_hits",
 ]

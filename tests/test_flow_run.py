@@ -128,3 +128,27 @@ def test_sampling_benchmark_times_each_setting(flow_run, capsys):
   assert bench_sample.main(["--config.workdir=" + run, "--config.steps=(0,)"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error:") and "steps" in err[0], err
+
+
+def test_loss_command_recomputes_the_last_in_loop_eval(flow_run, capsys):
+  run = flow_run / "full"
+  metrics = (run / "stage2" / "metrics.jsonl").read_text().splitlines()
+  last = [r for r in map(json.loads, metrics) if r["split"] == "test"][-1]
+  assert cli.main(["loss", "--workdir", str(run)]) == 0  # the final stage's latest params
+  out = capsys.readouterr().out
+  report = json.loads((run / "stage2" / "eval" / "loss_test.json").read_text())
+  assert report["step"] == last["step"] == STEPS and "caption_gain" in out
+  for name in ("v_mse", "v_mse_null", "caption_gain"):
+    assert np.isclose(report["metrics"][name], last[name], rtol=1e-5, atol=1e-7), name
+  # Another noise draw (batch size) gives other numbers; a first stage has its own metrics.
+  assert cli.main(["loss", "--workdir", str(run), "--batch-size", "3",
+                   "--out", str(flow_run / "b3.json")]) == 0
+  other = json.loads((flow_run / "b3.json").read_text())["metrics"]
+  assert other["num_examples"] == 10 and other["v_mse"] != report["metrics"]["v_mse"]
+  assert cli.main(["loss", "--workdir", str(run / "stage1"), "--split", "train"]) == 0
+  assert "psnr" in json.loads((run / "stage1" / "eval" / "loss_train.json").read_text())[
+      "metrics"]
+  capsys.readouterr()
+  assert cli.main(["loss", "--workdir", str(run), "--split", "validation"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "validation" in err[0], err

@@ -40,6 +40,16 @@ def _eval_step(params, frozen, batch, rng, *, method: Method) -> Metrics:
           for k, v in per_example.items()}
 
 
+def run_rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init, train, eval) keys of a run: every random stream is a pure function of the seed.
+
+  The in-loop evaluation at step ``s`` uses ``fold_in(eval, s)``, so ``t2i loss`` recomputes
+  a run's last in-loop numbers exactly.
+  """
+  init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(seed), 3)
+  return init_rng, train_rng, eval_rng
+
+
 def make_eval_step(config: ml_collections.ConfigDict, frozen: Any = None, *,
                    method: Method | None = None) -> Callable[[Any, Any, jax.Array], Metrics]:
   """A jitted ``eval_step(params, batch, rng) -> metrics``: the means of the family's

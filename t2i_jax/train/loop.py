@@ -272,7 +272,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   method = methods.get(config)
   frozen = _load_or_store_frozen(workdir, method, config, main)
   # Every random stream is a pure function of the seed (and the step, inside the steps).
-  init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
+  init_rng, train_rng, eval_rng = in_loop_eval.run_rngs(config.seed)
   state = parallel.replicate(create_train_state(
       config, init_rng, train_table.pairs(np.arange(1)), frozen=frozen, method=method), mesh)
   train_rng = parallel.replicate(train_rng, mesh)
