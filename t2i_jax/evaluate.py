@@ -515,7 +515,8 @@ def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | No
   """The run's in-loop metrics over a whole split, on its latest params (the EMA if kept).
 
   The same evaluator and key as the training loop's at that step (``in_loop_eval``), so on
-  the test split at the run's own ``eval_batch_size`` it recomputes the last in-loop numbers;
+  the test split at the run's own ``eval_batch_size`` it recomputes the last in-loop numbers
+  (of a run on one device: a mesh pads the loop's batches to a multiple of its devices);
   a run trained before a metric existed (the flow family's ``caption_gain``) gets it too.
   Writes ``W/eval/loss_<split>.json`` (or ``out``); returns the report with its ``path``.
   """

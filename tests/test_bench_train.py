@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments import bench_train
 from t2i_jax import methods
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_quick_bench_reports_rows_here_and_on_forced_devices(capsys):
   assert bench_train.main(["--config.quick=True", "--config.forced_devices=2"]) == 0
   out = capsys.readouterr().out.strip().splitlines()

@@ -287,6 +287,7 @@ class CvaeLossTest(chex.TestCase):
 # ------------------------------------------------------------------------------ loop
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   # The trainer's init is the paper models' business (tests/test_train.py); numpy params
   # skip compiling the CVAE's (see _random_params), everything else runs for real.

@@ -254,6 +254,7 @@ def tiny_reader(tmp_path_factory):
     yield scene_reader.get_scene_reader(cfg=TINY_READER, progress=False), root
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_reader_trains_caches_and_reloads(tiny_reader, monkeypatch):
   reader, root = tiny_reader
   monkeypatch.setenv("T2I_CACHE_DIR", str(root))
@@ -279,6 +280,7 @@ def test_reader_trains_caches_and_reloads(tiny_reader, monkeypatch):
     scene_reader.get_scene_reader(train_if_missing=False, cfg=other)
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_brief_training_reads_backgrounds_and_presence(tiny_reader):
   reader, _ = tiny_reader
   images, truth = scene_reader.render_set(2, 200, seed=5, dataset_like=True)
@@ -342,6 +344,7 @@ def shapes_run(tmp_path_factory):
     yield {"workdir": workdir, "config": config}
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_shapes_evaluation_end_to_end(shapes_run, tmp_path):
   out = tmp_path / "results.json"
   oracle = OracleReader(shapes_run["config"])
@@ -379,6 +382,7 @@ def test_shapes_evaluation_end_to_end(shapes_run, tmp_path):
     assert Image.open(png).size == (g["width"], g["height"])
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_evaluate_command(shapes_run, tiny_reader, monkeypatch, capsys):
   monkeypatch.setattr(scene_reader, "get_scene_reader", lambda **kw: tiny_reader[0])
   assert cli.main(["evaluate", "--workdir", str(shapes_run["workdir"]), "--num", "4",
@@ -397,6 +401,7 @@ def test_evaluate_command(shapes_run, tiny_reader, monkeypatch, capsys):
   assert "--seeds must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_dual_encoder_trains_on_tiny_data_and_embeds():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
@@ -436,6 +441,7 @@ def test_judge_study_trains_on_a_subset_and_scores_test_and_train(tmp_path, caps
   assert err.startswith("error: --config.train_images=99") and "\n" not in err
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_flickr8k_evaluation_end_to_end(tmp_path, monkeypatch):
   root = fx.make_official_unzipped(tmp_path / "corpus")
   config = tiny_train_config(tmp_path / "tfds", dataset="flickr8k", manual_dir=str(root))

@@ -575,6 +575,7 @@ def test_sample_caption_index_and_splits(sample):
       "train": 3770, "dev": 575, "test": 625, "unlisted": 45}
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", flickr8k.IMAGE_MODES)
 def test_sample_all_images_prepare(sample, mode):

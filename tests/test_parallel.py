@@ -105,6 +105,7 @@ def results():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_four_devices_match_one_device(results):
   np.testing.assert_allclose(results["four"], results["one"], rtol=0, atol=1e-5)
   assert results["params_max_diff"] < 1e-5
@@ -112,15 +113,18 @@ def test_four_devices_match_one_device(results):
   assert results["four_replicated"]  # params and optimiser state on all 4 devices
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_on_device_data_gives_the_same_batches_and_losses(results):
   assert results["tf_matches_device"]
   np.testing.assert_allclose(results["device_four"], results["four"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_process_slices_make_up_the_global_batch(results):
   assert results["process_slices_match"]
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_bfloat16_compute_keeps_float32_state_and_close_losses(results):
   assert results["bf16_param_dtype"] == "float32"
   assert set(results["bf16_opt_dtypes"]) <= {"float32", "int32"}
@@ -129,6 +133,7 @@ def test_bfloat16_compute_keeps_float32_state_and_close_losses(results):
   np.testing.assert_allclose(bf16, f32, rtol=0.05)
 
 
+@pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_batch_size_must_split_over_the_devices(results):
   assert "batch_size=6 does not split over 4 devices" in results["bad_batch_error"]
   assert "multiple of 4 (e.g. 4 or 8)" in results["bad_batch_error"]
