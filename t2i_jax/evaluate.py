@@ -522,7 +522,6 @@ def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | No
   """
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   from t2i_jax.train import in_loop_eval  # pylint: disable=import-outside-toplevel
   gen = sample.load_generator(workdir, generating=False)
   config = _override_data_dir(gen.config, data_dir)
@@ -532,8 +531,8 @@ def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | No
   common.host_only_tensorflow()
   table = pipeline.load_table(config, split)
   eval_step = in_loop_eval.make_eval_step(config, gen.frozen, method=gen.method)
-  rng = jax.random.fold_in(in_loop_eval.run_rngs(config.seed)[2], gen.step)
-  metrics = in_loop_eval.evaluate(eval_step, gen.params, table, batch_size=size, rng=rng,
+  metrics = in_loop_eval.evaluate(eval_step, gen.params, table, batch_size=size,
+                                  rng=in_loop_eval.eval_key(config.seed, gen.step),
                                   desc=f"{split} loss", progress=progress)
   report = {"workdir": str(gen.workdir), "step": gen.step, "split": split,
             "model": gen.config.model, "batch_size": size, "metrics": metrics}

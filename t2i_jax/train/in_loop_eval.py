@@ -43,11 +43,16 @@ def _eval_step(params, frozen, batch, rng, *, method: Method) -> Metrics:
 def run_rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(init, train, eval) keys of a run: every random stream is a pure function of the seed.
 
-  The in-loop evaluation at step ``s`` uses ``fold_in(eval, s)``, so ``t2i loss`` recomputes
+  The in-loop evaluation at step ``s`` uses ``eval_key(seed, s)``, so ``t2i loss`` recomputes
   a run's last in-loop numbers exactly.
   """
   init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(seed), 3)
   return init_rng, train_rng, eval_rng
+
+
+def eval_key(seed: int, step: int) -> jax.Array:
+  """The key of the in-loop evaluation at ``step`` (the training loop's and ``t2i loss``'s)."""
+  return jax.random.fold_in(run_rngs(seed)[2], step)
 
 
 def make_eval_step(config: ml_collections.ConfigDict, frozen: Any = None, *,

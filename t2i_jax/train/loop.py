@@ -272,7 +272,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   method = methods.get(config)
   frozen = _load_or_store_frozen(workdir, method, config, main)
   # Every random stream is a pure function of the seed (and the step, inside the steps).
-  init_rng, train_rng, eval_rng = in_loop_eval.run_rngs(config.seed)
+  init_rng, train_rng, _ = in_loop_eval.run_rngs(config.seed)
   state = parallel.replicate(create_train_state(
       config, init_rng, train_table.pairs(np.arange(1)), frozen=frozen, method=method), mesh)
   train_rng = parallel.replicate(train_rng, mesh)
@@ -376,7 +376,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
           t0 = time.perf_counter()
           test = in_loop_eval.evaluate(eval_step, state.eval_params, test_table,
                                        batch_size=config.eval_batch_size,
-                                       rng=jax.random.fold_in(eval_rng, step),
+                                       rng=in_loop_eval.eval_key(config.seed, step),
                                        desc=f"eval epoch {epoch}", progress=main, mesh=mesh)
           _log_samples(config, method, state, test_table, writer, workdir, step, main)
           test["eval_time_s"] = time.perf_counter() - t0
