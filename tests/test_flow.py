@@ -174,6 +174,26 @@ def test_flow_loss_shapes_and_grads(flow_setup, flow_trained):
   assert np.all(np.isfinite(np.asarray(ev["v_mse"])))
 
 
+def test_conv_head_starts_at_zero_velocity_and_trains(flow_setup):
+  _, _, frozen = flow_setup
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+      dict(TINY, out_conv=8))))
+  params = method.init(jax.random.key(1), _batch())
+  # The head's convs exist only when asked for: default checkpoints keep their tree.
+  assert {"out_conv1", "out_conv2"} <= set(params)
+  default = FlowMethod.from_config(_config()).init(jax.random.key(1), _batch())
+  assert not {"out_conv1", "out_conv2"} & set(default)
+  chex.assert_shape(params["out_conv2"]["kernel"], (3, 3, 8, 4))
+  x = method.initial_noise(jax.random.split(jax.random.key(2), B))
+  v = method.model.apply({"params": params}, x, jnp.full((B,), 0.5), _batch()["text"],
+                         _batch()["mask"])
+  chex.assert_shape(v, x.shape)
+  np.testing.assert_array_equal(np.asarray(v), 0.0)  # zero-initialised last conv
+  losses, (_, grads) = _train(method, params, _batch(), frozen)
+  assert float(jnp.abs(grads["out_conv2"]["kernel"]).max()) > 0
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
 def test_caption_gain_is_what_the_caption_changes(flow_setup):
   """v_mse_null sees the null caption only (the same for any caption), v_mse the caption;
   caption_gain is their difference, at the same t and noise."""

@@ -18,6 +18,11 @@ caption's words (as in PixArt / SD3's text path):
     modulated MLP (gated). Every gate starts at zero, so the net starts as the identity
     and the output layer (also zero) gives v = 0 at init.
   * final adaLN LayerNorm -> Dense(patch^2 * C) -> unpatchify: velocity, latent-shaped.
+    With ``out_conv`` = F > 0 the Dense gives F features per latent pixel instead, and a
+    3x3 conv (F) -> SiLU -> 3x3 conv (C, zero-initialised) maps them to the velocity: as
+    U-ViT's final conv, it lets the latent pixels of a patch see their neighbours across
+    the patch border, which a per-token Dense cannot. Cost at F = 32, stage 2's default
+    step (batch 128): 13% more FLOPs, 20% more time (2-core AMD EPYC VM).
 
 Everything is a pure function of (params, inputs).
 """
@@ -142,6 +147,7 @@ class FlowDiT(nn.Module):
     patch: Patch side in latent pixels; tokens = (H / patch) * (W / patch).
     width, depth, num_heads, mlp_ratio: Transformer size.
     text_layers: Self-attention blocks over the words before cross-attention (0 = none).
+    out_conv: Channels of the 3x3 conv head on the unpatchified output (0 = none).
     max_len: Size of the word position table (the longest caption it reads).
   """
 
@@ -153,6 +159,7 @@ class FlowDiT(nn.Module):
   mlp_ratio: int = 4
   text_layers: int = 0
   text_heads: int = 4
+  out_conv: int = 0
   max_len: int = 32
   dtype: Any = jnp.float32
 
@@ -179,8 +186,14 @@ class FlowDiT(nn.Module):
     self.final_mod = nn.Dense(2 * self.width, dtype=self.dtype,
                               kernel_init=nn.initializers.zeros)
     self.final_ln = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)
-    self.out = nn.Dense(self.patch * self.patch * self.latent_shape[-1], dtype=self.dtype,
-                        kernel_init=nn.initializers.zeros)
+    c = self.latent_shape[-1]
+    if self.out_conv:
+      self.out = nn.Dense(self.patch * self.patch * self.out_conv, dtype=self.dtype)
+      self.out_conv1 = nn.Conv(self.out_conv, (3, 3), dtype=self.dtype)
+      self.out_conv2 = nn.Conv(c, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)
+    else:
+      self.out = nn.Dense(self.patch * self.patch * c, dtype=self.dtype,
+                          kernel_init=nn.initializers.zeros)
 
   def encode_text(self, text: Array, mask: Array | None,
                   drop: Array | None = None) -> tuple[Array, Array, Array]:
@@ -224,7 +237,11 @@ class FlowDiT(nn.Module):
       tok = block(tok, cond, words, word_mask)
     shift, scale = jnp.split(self.final_mod(nn.silu(cond)), 2, axis=-1)
     tok = self.out(modulate(self.final_ln(tok), shift, scale))
-    return unpatchify(tok.astype(jnp.float32), self.patch, h, w, c)
+    if not self.out_conv:
+      return unpatchify(tok.astype(jnp.float32), self.patch, h, w, c)
+    y = unpatchify(tok, self.patch, h, w, self.out_conv)
+    y = self.out_conv2(nn.silu(self.out_conv1(nn.silu(y))))
+    return y.astype(jnp.float32)
 
   def __call__(self, x: Array, t: Array, text: Array, mask: Array | None,
                drop: Array | None = None) -> Array:
