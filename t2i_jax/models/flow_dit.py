@@ -237,10 +237,9 @@ class FlowDiT(nn.Module):
       tok = block(tok, cond, words, word_mask)
     shift, scale = jnp.split(self.final_mod(nn.silu(cond)), 2, axis=-1)
     tok = self.out(modulate(self.final_ln(tok), shift, scale))
-    if not self.out_conv:
-      return unpatchify(tok.astype(jnp.float32), self.patch, h, w, c)
-    y = unpatchify(tok, self.patch, h, w, self.out_conv)
-    y = self.out_conv2(nn.silu(self.out_conv1(nn.silu(y))))
+    y = unpatchify(tok, self.patch, h, w, self.out_conv or c)
+    if self.out_conv:
+      y = self.out_conv2(nn.silu(self.out_conv1(nn.silu(y))))
     return y.astype(jnp.float32)
 
   def __call__(self, x: Array, t: Array, text: Array, mask: Array | None,
