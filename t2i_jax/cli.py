@@ -115,11 +115,15 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
                       help="flow: ODE solver steps (default: the run's config.sample_steps)")
   parser.add_argument("--solver", default=None, help="flow: euler or heun (default: the "
                       "run's config.sample_solver)")
+  parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                      help="flow: guide only the steps with LO <= t <= HI (t = 1 is noise), "
+                      "the conditional model alone elsewhere; 0,1 = every step (default: "
+                      "the run's config.sample_guidance_interval)")
 
 
 def _sample_options(args) -> dict:
   return {"temperature": args.temperature, "guidance": args.guidance, "steps": args.steps,
-          "solver": args.solver}
+          "solver": args.solver, "guidance_interval": args.guidance_interval}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_steps = 20
   c.sample_guidance = 3.0
   c.sample_solver = "euler"  # euler | heun
+  # Guidance applies only at steps whose t lies in [lo, hi] (t = 1 is noise); elsewhere the
+  # conditional model alone (Kynkaanniemi et al. 2024). (0, 1) = every step.
+  c.sample_guidance_interval = (0.0, 1.0)
   return c
 
 

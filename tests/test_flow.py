@@ -118,7 +118,8 @@ def test_methods_are_hashable_and_equal_per_config():
   assert hash(FlowMethod.from_config(_config())) == hash(FlowMethod.from_config(_config()))
   assert not LatentAEMethod.GENERATES and FlowMethod.GENERATES
   assert FlowMethod.SAMPLE_OPTIONS == {"steps": "sample_steps", "guidance": "sample_guidance",
-                                       "solver": "sample_solver"}
+                                       "solver": "sample_solver",
+                                       "guidance_interval": "sample_guidance_interval"}
 
 
 def test_latent_ae_loss_metrics_and_grads(ae_setup, ae_trained):
@@ -283,6 +284,26 @@ def test_guidance_one_is_exactly_the_conditional_model(flow_setup):
   assert not np.allclose(np.asarray(v_3), np.asarray(v_c))
 
 
+def test_guidance_interval_guides_only_its_steps(flow_setup):
+  method, params, frozen = flow_setup
+  solver = "heun"  # its second evaluation at t + dt is checked against the interval too
+  batch = _batch()
+  keys = jax.random.split(jax.random.key(4), B)
+  gen = lambda g, interval: np.asarray(method.generate(
+      params, batch["text"], batch["mask"], keys, frozen, steps=4, guidance=g, solver=solver,
+      guidance_interval=interval))
+  every = gen(3.0, (0.0, 1.0))
+  np.testing.assert_array_equal(gen(3.0, (0.0, 1.0)), np.asarray(method.generate(
+      params, batch["text"], batch["mask"], keys, frozen, steps=4, guidance=3.0,
+      solver=solver)))
+  # An interval that holds none of the grid's t (1, .75, .5, .25 and Heun's 0) leaves the
+  # conditional model alone, exactly; one that holds some of them lies in between.
+  np.testing.assert_allclose(gen(3.0, (0.3, 0.4)), gen(1.0, (0.0, 1.0)), rtol=0, atol=1e-6)
+  part = gen(3.0, (0.6, 1.0))
+  assert not np.allclose(part, every, atol=1e-4) and not np.allclose(part, gen(1.0, (0, 1)),
+                                                                        atol=1e-4)
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_generate_shape_dtype_range(flow_setup, solver):
   method, params, frozen = flow_setup
@@ -340,6 +361,9 @@ def test_dropped_caption_ignores_the_caption(flow_setup):
     {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
     {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},
     {"guidance": "strong"}, {"solver": "rk4"}, {"temperature": 1.0},
+    {"guidance_interval": "0.5"}, {"guidance_interval": "0.8,0.2"},
+    {"guidance_interval": "0,2"}, {"guidance_interval": "a,b"}, {"guidance_interval": 0.5},
+    {"guidance_interval": (0.1, float("nan"))},
 ])
 def test_check_options_rejects_bad_values(options):
   method = FlowMethod.from_config(_config())
@@ -353,7 +377,10 @@ def test_check_options_converts_good_values():
   out = method.check_options({"steps": "8", "guidance": "2", "solver": "Heun"})
   assert out == {"steps": 8, "guidance": 2.0, "solver": "heun"}
   assert method.check_options({"steps": 4.0})["steps"] == 4
-  assert method.default_options(_config()) == {"steps": 20, "guidance": 3.0, "solver": "euler"}
+  assert method.check_options({"guidance_interval": " 0.2, 1"})["guidance_interval"] == (0.2, 1.0)
+  assert method.check_options({"guidance_interval": [0, 0.5]})["guidance_interval"] == (0.0, 0.5)
+  assert method.default_options(_config()) == {"steps": 20, "guidance": 3.0, "solver": "euler",
+                                               "guidance_interval": (0.0, 1.0)}
 
 
 def test_load_frozen_without_checkpoint_is_a_user_error(tmp_path):

@@ -16,7 +16,10 @@ Sampling integrates from t = 1 (noise) to t = 0 with Euler or Heun on a uniform 
   v = v_null + g * (v_cond - v_null)  ==  v_cond + (g - 1) * (v_cond - v_null),
 
 computed in the second form. For g == 1 given as a Python number the null pass is skipped
-altogether, so the result is *exactly* the conditional model's (bitwise).
+altogether, so the result is *exactly* the conditional model's (bitwise). With a guidance
+interval (lo, hi) only the steps whose t lies in [lo, hi] are guided; the others take the
+conditional velocity alone and skip the null pass (Kynkaanniemi et al. 2024, "Applying
+guidance in a limited interval"); (0, 1), the default, guides every step.
 
 Latent scale: ``model_kwargs.latent_scale`` > 0 fixes it; 0 (the default) measures it in
 ``load_frozen``: the standard deviation of the stage-1 posterior means of the first 1,000
@@ -79,7 +82,8 @@ class FlowMethod(Method):
   """Rectified flow over a frozen stage-1 latent; see the module docstring."""
 
   SAMPLE_OPTIONS: ClassVar[Mapping[str, str]] = {
-      "steps": "sample_steps", "guidance": "sample_guidance", "solver": "sample_solver"}
+      "steps": "sample_steps", "guidance": "sample_guidance", "solver": "sample_solver",
+      "guidance_interval": "sample_guidance_interval"}
   GENERATES: ClassVar[bool] = True
 
   model: flow_dit_lib.FlowDiT = flow_dit_lib.FlowDiT()
@@ -284,6 +288,8 @@ class FlowMethod(Method):
       if s not in SOLVERS:
         raise UserError(f"Unknown --solver {out['solver']!r}; use one of {', '.join(SOLVERS)}.")
       out["solver"] = s
+    if "guidance_interval" in out:
+      out["guidance_interval"] = _interval_option(out["guidance_interval"])
     return out
 
   def guided_velocity(self, params: Params, x: Array, t: Array, cond: tuple, null: tuple,
@@ -301,7 +307,8 @@ class FlowMethod(Method):
     return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
   def sample_latents(self, params: Params, text: Array, mask: Array | None, keys: Array,
-                     steps: int = 20, guidance: Any = 3.0, solver: str = "euler") -> Array:
+                     steps: int = 20, guidance: Any = 3.0, solver: str = "euler",
+                     guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Array:
     """Normalised latents x0 [B, *latent_shape] integrated from t = 1 to t = 0."""
     if solver not in SOLVERS:
       raise ValueError(f"unknown solver {solver!r}")
@@ -310,8 +317,16 @@ class FlowMethod(Method):
     chex.assert_shape(x, (b,) + tuple(self.model.latent_shape))
     cond = self.model.apply({"params": params}, text, mask, method=self.model.encode_text)
     null = self.model.apply({"params": params}, b, 1, method=self.model.null_text)
-    vel = functools.partial(self.guided_velocity, params, cond=cond, null=null,
-                            guidance=guidance)
+    guided = functools.partial(self.guided_velocity, params, cond=cond, null=null,
+                               guidance=guidance)
+    lo, hi = (float(v) for v in guidance_interval)
+    if lo <= 0.0 and hi >= 1.0:
+      vel = guided
+    else:
+      def vel(x, tb):  # every row shares t: one branch for the batch, no null pass outside
+        conditional = lambda x, tb: self.model.apply(
+            {"params": params}, x, tb, *cond, method=self.model.velocity)
+        return jax.lax.cond((tb[0] >= lo) & (tb[0] <= hi), guided, conditional, x, tb)
     dt = -1.0 / steps
 
     def body(i, x):
@@ -326,19 +341,26 @@ class FlowMethod(Method):
 
     return jax.lax.fori_loop(0, steps, body, x)
 
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=("steps", "guidance", "solver"))
-  def _generate_static(self, params, text, mask, keys, frozen, steps, guidance, solver):
-    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver)
+  @functools.partial(jax.jit, static_argnums=0,
+                     static_argnames=("steps", "guidance", "solver", "guidance_interval"))
+  def _generate_static(self, params, text, mask, keys, frozen, steps, guidance, solver,
+                       guidance_interval):
+    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver,
+                            guidance_interval)
     return self.decode_latent(frozen, x)
 
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=("steps", "solver"))
-  def _generate_traced(self, params, text, mask, keys, frozen, guidance, steps, solver):
-    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver)
+  @functools.partial(jax.jit, static_argnums=0,
+                     static_argnames=("steps", "solver", "guidance_interval"))
+  def _generate_traced(self, params, text, mask, keys, frozen, guidance, steps, solver,
+                       guidance_interval):
+    x = self.sample_latents(params, text, mask, keys, steps, guidance, solver,
+                            guidance_interval)
     return self.decode_latent(frozen, x)
 
   def generate(self, params: Params, text: Array, mask: Array | None, keys: Array,
                frozen: Params | None = None, *, steps: int = 20, guidance: Any = 3.0,
-               solver: str = "euler") -> Array:
+               solver: str = "euler",
+               guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Array:
     """Captions [B, T, D] (+ mask [B, T]) -> images [B, 64, 64, 3] float32 in [0, 1].
 
     Jitted inside (one compilation per steps / solver, and per guidance value when it is a
@@ -348,11 +370,27 @@ class FlowMethod(Method):
     if mask is not None:
       chex.assert_shape(mask, text.shape[:2])
     steps, solver = int(steps), str(solver)
+    interval = tuple(float(v) for v in guidance_interval)
     if isinstance(guidance, (int, float)):
       return self._generate_static(params, text, mask, keys, frozen, steps=steps,
-                                   guidance=float(guidance), solver=solver)
+                                   guidance=float(guidance), solver=solver,
+                                   guidance_interval=interval)
     return self._generate_traced(params, text, mask, keys, frozen, guidance, steps=steps,
-                                 solver=solver)
+                                 solver=solver, guidance_interval=interval)
+
+
+def _interval_option(value: Any) -> tuple[float, float]:
+  """'lo,hi', or a pair of numbers, with 0 <= lo <= hi <= 1 -> (lo, hi)."""
+  parts = value.replace(",", " ").split() if isinstance(value, str) else value
+  bad = UserError(f"--guidance-interval must be two numbers LO,HI with 0 <= LO <= HI <= 1 "
+                  f"(t = 1 is noise; 0,1 guides every step), got {value!r}.")
+  try:
+    lo, hi = (float(v) for v in parts)
+  except (TypeError, ValueError):
+    raise bad from None
+  if not 0.0 <= lo <= hi <= 1.0:
+    raise bad
+  return lo, hi
 
 
 def _int_option(name: str, value: Any) -> int:
