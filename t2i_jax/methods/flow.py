@@ -317,15 +317,15 @@ class FlowMethod(Method):
     chex.assert_shape(x, (b,) + tuple(self.model.latent_shape))
     cond = self.model.apply({"params": params}, text, mask, method=self.model.encode_text)
     null = self.model.apply({"params": params}, b, 1, method=self.model.null_text)
-    guided = functools.partial(self.guided_velocity, params, cond=cond, null=null,
-                               guidance=guidance)
+    velocity = functools.partial(self.guided_velocity, params, cond=cond, null=null)
+    guided = functools.partial(velocity, guidance=guidance)
     lo, hi = (float(v) for v in guidance_interval)
     if lo <= 0.0 and hi >= 1.0:
       vel = guided
     else:
-      def vel(x, tb):  # every row shares t: one branch for the batch, no null pass outside
-        conditional = lambda x, tb: self.model.apply(
-            {"params": params}, x, tb, *cond, method=self.model.velocity)
+      conditional = functools.partial(velocity, guidance=1.0)  # the null pass skipped
+
+      def vel(x, tb):  # every row shares t: one branch for the whole batch
         return jax.lax.cond((tb[0] >= lo) & (tb[0] <= hi), guided, conditional, x, tb)
     dt = -1.0 / steps
 
