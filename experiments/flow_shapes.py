@@ -45,6 +45,11 @@ def get_config():
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000
+  # No residual block in the autoencoder (flow_config keeps one, for Flickr8k): stage 1 is
+  # 7.6x faster on the AMD VM (307 s against 2,324 s for 1,000 steps) and stage 2 follows
+  # captions as well in its latent (README, "Results: built-in shapes (flow)").
+  for stage in (c.stage1, c.stage2):  # stage 2 decodes with stage 1's frozen params
+    stage.model_kwargs.ae.num_res = 0
   c.stage1.max_steps = 1000
   c.stage2.max_steps = 7000  # sized so that the whole command fits in 60 min (2-core VM)
   c.stage1.num_epochs = 100  # max_steps ends each stage

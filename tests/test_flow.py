@@ -411,8 +411,9 @@ def test_frozen_params_must_match_the_stage1_settings(ae_setup):
 
 
 def test_flow_experiments_read_every_caption_word():
-  """The word encoder's positional table covers the captions each experiment stores, and
-  the two stages see one dataset (flow_flickr8k shares cvae_flickr8k's prepared data)."""
+  """The word encoder's positional table covers the captions each experiment stores, the
+  two stages see one dataset (flow_flickr8k shares cvae_flickr8k's prepared data) and
+  stage 2 is built for the autoencoder stage 1 trains."""
   from experiments import cvae_flickr8k, flow_flickr8k, flow_shapes, quickstart
   from t2i_jax.train import stages  # pylint: disable=import-outside-toplevel
   for module in (flow_shapes, quickstart, flow_flickr8k):
@@ -421,6 +422,9 @@ def test_flow_experiments_read_every_caption_word():
     assert resolved["stage2"].model_kwargs.max_len >= c.max_caption_len
     for stage in resolved.values():
       assert stage.max_caption_len == c.max_caption_len
+    # stage 2 reads stage 1's params: one autoencoder architecture for both stages
+    assert (resolved["stage2"].model_kwargs.ae.to_dict()
+            == resolved["stage1"].model_kwargs.ae.to_dict())
   c, cv = flow_flickr8k.get_config(), cvae_flickr8k.get_config()
   for key in ("dataset", "split_scheme", "image_mode", "caption_mode", "max_caption_len",
               "remove_stopwords"):
