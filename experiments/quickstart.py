@@ -41,13 +41,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (idle 2-core VM, 2026-12-03, cold data, scene reader cached; README "Quick
-  start"): 711 s to prepare, train and draw the samples (preparing 36 s, stage 1 5.6 min,
-  stage 2 4.4 min on the cached stage-1 latents), 875 s with the evaluation; peak RSS
-  2.9 GB; sampling at guidance 7 (flow_shapes' default). Every stated attribute right in
-  3.8% +- 0.2% of test images (2.4% compositional), backgrounds 91%, open_cell_diversity
-  98%. The issue's targets (<= 5 min, >= 50%) are missed: stage 1 alone takes 5.6 min and
-  800 flow steps are far too few (experiments.flow_shapes: 42% at 7,000 steps).
+  Measured (idle 2-core AMD EPYC VM, 2026-12-04, cold data, scene reader cached; README
+  "Quick start"): 429 s to prepare, train and draw the samples (preparing 30 s, stage 1
+  95 s, stage 2 4.2 min on the cached stage-1 latents), 586 s with the evaluation; peak RSS
+  2.8 GB; sampling at guidance 7 (flow_shapes' default). Every stated attribute right in
+  4.0% +- 0.6% of test images (2.6% compositional), backgrounds 92%, open_cell_diversity
+  98%. The issue's targets (<= 5 min, >= 50%) are missed: 800 flow steps are far too few
+  (experiments.flow_shapes: 34% at 5,000 steps, 42% at 7,000).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
