@@ -41,8 +41,8 @@ def get_config():
   for every two-object caption, the decoder draws a blurred average over the open
   choices (ghost objects in several cells, colours mixed), and the hybrid term shrank
   the prior's spread until two seeds give nearly the same image.
-  Run time (measured on the 2-core CPU, shared with niced background runs and short test
-  runs): 50 min wall, of which
+  Run time (measured on the 2-core AMD EPYC VM, 2026-11-27, shared with niced background
+  runs and short test runs): 50 min wall, of which
   preparing 20,000 images 200 s; 5.1-5.6 steps/s; peak RSS 3.8 GB.
   """
   c = configs.cvae_config("shapes")
