@@ -41,7 +41,8 @@ def get_config():
   44 / 60 points at 7,000 steps and 22 / 10 / 26 at 15,000.
   Run time (the same VM, idle, cold data; one timed run to 7,500 steps, 60.5 min): preparing
   131 s, stage 1 307 s (done at 7.1 min), stage 2 at 2.5 steps/s with its evals, step 7,000
-  at 56.8 min: about 57 min in all; peak RSS 4.1 GB. Evaluation 2.7 min per guidance.
+  at 56.8 min: about 57 min in all; peak RSS 4.1 GB. Evaluation 2.7 min per guidance;
+  sampling 54.9 images/s (experiments.bench_sample).
   The previous default (one residual block in stage 1: 34.2 dB, shape read 96.0%) needs
   38.7 min for stage 1 on this VM, 87 min in all; on the Intel VM it gave 42.4% / 34.5% /
   29% in 60.4 min.
