@@ -54,6 +54,10 @@ def get_config():
   # captions as well in its latent (README, "Results: built-in shapes (flow)").
   for stage in (c.stage1, c.stage2):  # stage 2 decodes with stage 1's frozen params
     stage.model_kwargs.ae.num_res = 0
+  # t ~ sigmoid(N(0.5, 1)), towards the noise end (t = 1 is noise), where the layout is
+  # chosen: at 7,000 steps 45.9% / 39.8% / relations 35% all stated right against 42.4% /
+  # 36.2% / 30% at t_mean 0 (README, "Results: built-in shapes (flow)").
+  c.stage2.model_kwargs.t_mean = 0.5
   c.stage1.max_steps = 1000
   c.stage2.max_steps = 7000  # sized so that the whole command fits in 60 min (2-core VM)
   c.stage1.num_epochs = 100  # max_steps ends each stage
