@@ -24,22 +24,24 @@ def get_config():
   Stage 1: LatentAE (space-to-depth 4 to 128 channels, no residual block), 16x16x4 latent,
   loss MSE + 1e-4 x KL per latent dim, Adam 2e-3 (100 warm-up steps), batch 64, 1,000 steps.
   Stage 2: FlowDiT, 16 tokens (patch 4) of width 128, depth 4, two self-attention layers
-  over the words, adaLN on time + pooled caption, cross-attention to the words; logit-normal
-  t, 10% caption dropout; AdamW 1e-3 (b2 0.99, 200 warm-up steps, clip 1), batch 128,
-  EMA 0.999 (warmed up); sampling Euler, 20 steps, guidance 7.
+  over the words, adaLN on time + pooled caption, cross-attention to the words; t =
+  sigmoid(N(0.5, 1)) (t = 1 is noise), 10% caption dropout; AdamW 1e-3 (b2 0.99, 200
+  warm-up steps, clip 1), batch 128, EMA 0.999 (warmed up); sampling Euler, 20 steps,
+  guidance 7.
 
   Expected result (measured, seed 0, idle 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
   1,000 captions per split, 3 seeds; EMA, Euler 20 steps): stage 1 test PSNR 29.9 dB, its
   reconstructions read back with every stated attribute right in 91.4% of test images
-  (shape 94.1%). Stage 2 at 7,000 steps (this config), guidance 7: all stated right 42.4%
-  +- 0.2% test, 36.2% +- 1.0% compositional, relations 30%, shapes 62%, cells 94%;
-  open_cell_diversity 100% (guidance 3: 42.5% / 35.5% / 27%); test v_mse 0.120,
-  caption_gain 0.039 (t2i loss). At 7,500 steps: 43.0% / 37.2% / 29%. Extended to 15,000
-  steps (an earlier run with the one-residual-block stage 1, Intel Xeon VM, guidance 3;
-  rerun with --config.stage2.max_steps=15000: the run resumes): 73.2% +- 1.6% test, 69.9%
-  +- 1.7% compositional, relations 64%. Targets (95% / 80% / relations 90%) missed by 53 /
-  44 / 60 points at 7,000 steps and 22 / 10 / 26 at 15,000.
-  Run time (the same VM, idle, cold data; one timed run to 7,500 steps, 60.5 min): preparing
+  (shape 94.1%). Stage 2 at 7,000 steps (this config), guidance 7: all stated right 45.9%
+  +- 0.8% test, 39.8% +- 0.8% compositional, relations 35%, shapes 64%, cells 96%;
+  open_cell_diversity 100% (guidance 3: 45.1% / 40.5% / 33%); t2i loss: test v_mse 0.130,
+  caption_gain 0.057. The same at t_mean 0 (the same stage 1 and steps): 42.4% +- 0.2% /
+  36.2% +- 1.0% / 30%. Targets (95% / 80% / relations 90%) missed by 49 / 40 / 55 points.
+  Extended to 15,000 steps (an earlier config: one residual block in stage 1, t_mean 0;
+  Intel Xeon VM, guidance 3; rerun with --config.stage2.max_steps=15000: the run resumes):
+  73.2% +- 1.6% test, 69.9% +- 1.7% compositional, relations 64%.
+  Run time (the same VM, idle, cold data; one timed run of this config at t_mean 0, which
+  changes no work, to 7,500 steps, 60.5 min): preparing
   131 s, stage 1 307 s (done at 7.1 min), stage 2 at 2.5 steps/s with its evals, step 7,000
   at 56.8 min: about 57 min in all; peak RSS 4.1 GB. Evaluation 2.7 min per guidance;
   sampling 54.9 images/s (experiments.bench_sample).
