@@ -48,7 +48,7 @@ def get_config():
   2.8 GB; sampling at guidance 7 (flow_shapes' default). Every stated attribute right in
   4.0% +- 0.6% of test images (2.6% compositional), backgrounds 92%, open_cell_diversity
   98%. The issue's targets (<= 5 min, >= 50%) are missed: 800 flow steps are far too few
-  (experiments.flow_shapes: 34% at 5,000 steps, 42% at 7,000).
+  (experiments.flow_shapes: 40% at 5,000 steps, 46% at 7,000).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
