@@ -221,7 +221,10 @@ def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
   s2.batch_size = 128
   s2.ema_decay = 0.999
   s2.cfg_drop_rate = 0.1
-  s2.steps_per_scan = 1
+  # Several steps per jitted loop: the transformer (no convs) trains ~20% faster per step
+  # inside the loop than one step per call (flow_shapes' step at batch 128: 223-236 ms at
+  # 2, 4, 8 or 16 steps per call against 285 ms at 1; 2-core AMD EPYC VM, interleaved).
+  s2.steps_per_scan = 4
   s2.eval_batch_size = 250
   s2.log_every_steps = 200
   s2.checkpoint_every_steps = 1000
