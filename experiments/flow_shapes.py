@@ -26,26 +26,32 @@ def get_config():
   Stage 2: FlowDiT, 16 tokens (patch 4) of width 128, depth 4, two self-attention layers
   over the words, adaLN on time + pooled caption, cross-attention to the words; t =
   sigmoid(N(0.5, 1)) (t = 1 is noise), 10% caption dropout; AdamW 1e-3 (b2 0.99, 200
-  warm-up steps, clip 1), batch 128, EMA 0.999 (warmed up); sampling Euler, 20 steps,
-  guidance 7.
+  warm-up steps, clip 1), batch 128, 4 steps per jitted call, 9,000 steps, EMA 0.999
+  (warmed up); sampling Euler, 20 steps, guidance 7.
 
   Expected result (measured, seed 0, idle 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
   1,000 captions per split, 3 seeds; EMA, Euler 20 steps): stage 1 test PSNR 29.9 dB, its
   reconstructions read back with every stated attribute right in 91.4% of test images
-  (shape 94.1%). Stage 2 at 7,000 steps (this config), guidance 7: all stated right 45.9%
-  +- 0.8% test, 39.8% +- 0.8% compositional, relations 35%, shapes 64%, cells 96%;
-  open_cell_diversity 100% (guidance 3: 45.1% / 40.5% / 33%); t2i loss: test v_mse 0.130,
-  caption_gain 0.057. The same at t_mean 0 (the same stage 1 and steps): 42.4% +- 0.2% /
-  36.2% +- 1.0% / 30%. Targets (95% / 80% / relations 90%) missed by 49 / 40 / 55 points.
+  (shape 94.1%). Stage 2 at 9,000 steps (this config), guidance 7: all stated right 48.6%
+  +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
+  open_cell_diversity 100%; in-loop test v_mse 0.128, caption_gain 0.061 (step 8,500:
+  47.3% / 43.7% / 36%). The previous default (7,000 steps, one per call, the same hour):
+  45.9% +- 0.8% / 39.8% +- 0.8% / 35% (guidance 3: 45.1% / 40.5% / 33%); at t_mean 0
+  42.4% +- 0.2% / 36.2% +- 1.0% / 30%. Targets (95% / 80% / relations 90%) missed by
+  46 / 36 / 55 points.
   Extended to 15,000 steps (an earlier config: one residual block in stage 1, t_mean 0;
   Intel Xeon VM, guidance 3; rerun with --config.stage2.max_steps=15000: the run resumes):
   73.2% +- 1.6% test, 69.9% +- 1.7% compositional, relations 64%.
-  Run time (the same VM, idle, cold data; one timed run of this config at t_mean 0, which
-  changes no work, to 7,500 steps, 60.5 min): preparing
-  131 s, stage 1 307 s (done at 7.1 min), stage 2 at 2.5 steps/s with its evals, step 7,000
-  at 56.8 min: about 57 min in all; peak RSS 4.1 GB. Evaluation 2.7 min per guidance;
-  sampling 54.9 images/s (experiments.bench_sample).
-  The previous default (one residual block in stage 1: 34.2 dB, shape read 96.0%) needs
+  Run time (the same VM, idle, cold data): 38.6 min to step 8,500 (preparing 83 s, stage 1
+  152 s, stage 2 at 4.3-4.6 steps/s, evals 7 s), the last 500 steps 186 s: about 41 min,
+  in an hour when the VM was fast (the one-step-per-call stage 2 ran at 3.49 steps/s then;
+  stage 1 took 307 s, not 152, in the slower hour of the timing below). Scaled to that
+  slower hour (2.5 steps/s at one step per call, x 1.26): about 55 min. Peak RSS 4.1 GB.
+  Evaluation 3.7 min per guidance; sampling 54.9 images/s (experiments.bench_sample).
+  The previous default (7,000 steps, one step per call) was timed at t_mean 0, which
+  changes no work, to 7,500 steps in 60.5 min: preparing 131 s, stage 1 307 s (done at
+  7.1 min), stage 2 at 2.5 steps/s with its evals, step 7,000 at 56.8 min.
+  An older default (one residual block in stage 1: 34.2 dB, shape read 96.0%) needs
   38.7 min for stage 1 on this VM, 87 min in all; on the Intel VM it gave 42.4% / 34.5% /
   29% in 60.4 min.
   """

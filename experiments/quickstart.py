@@ -43,12 +43,13 @@ def get_config():
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
   Measured (idle 2-core AMD EPYC VM, 2026-12-04, cold data, scene reader cached; README
-  "Quick start"): 429 s to prepare, train and draw the samples (preparing 30 s, stage 1
-  95 s, stage 2 4.2 min on the cached stage-1 latents), 586 s with the evaluation; peak RSS
-  2.8 GB; sampling at guidance 7 (flow_shapes' default). Every stated attribute right in
-  4.0% +- 0.6% of test images (2.6% compositional), backgrounds 92%, open_cell_diversity
-  98%. The issue's targets (<= 5 min, >= 50%) are missed: 800 flow steps are far too few
-  (experiments.flow_shapes: 40% at 5,000 steps, 46% at 7,000).
+  "Quick start"): 309 s to prepare, train and draw the samples (preparing 23 s, stage 1
+  61 s, stage 2 3.0 min on the cached stage-1 latents, 4 steps per jitted call), 436 s
+  with the evaluation; peak RSS 2.9 GB; a fast hour of the VM (one step per call, in a
+  slower hour: 429 s / 586 s); sampling at guidance 7 (flow_shapes' default). Every stated
+  attribute right in 4.0% +- 0.6% of test images (3.1% compositional), backgrounds 91%,
+  open_cell_diversity 99%. The issue's targets (<= 5 min, >= 50%) are missed: 800 flow
+  steps are far too few (experiments.flow_shapes: 40% at 5,000 steps, 49% at 9,000).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
