@@ -68,9 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
   """Every peer at batches 1, 64 and 1024, each row twice (the best kept), and the limits.
 
   Command: python -m experiments.bench_peers
-  Measured (idle 2-core VM, 2026-12-02; README "Benchmarks"): t2i_jax / Keras 1.03x at
-  batch 1, 1.12x at 64, 1.17x at 1024; batch 1024 at 84% of the sgemm rate (222 GFLOP/s);
-  the flow step at 41% of it. Run time 6.4 min.
+  Measured (idle 2-core AMD EPYC VM, 2026-12-04, PyTorch 2.13 installed; README
+  "Benchmarks"): t2i_jax / Keras 1.17x at batch 1 (45% of the memory limit), 1.06x at 64,
+  1.04x at 1024; batch 1024 at 78% of the sgemm rate (209 GFLOP/s); the flow step (4 per
+  jitted call) at 46% of it; PyTorch 1.5-3.3x behind us. Run time 6.0 min. (Idle Intel
+  Xeon VM, 2026-12-02: 1.03x / 1.12x / 1.17x, 84% of 222 GFLOP/s, the flow step at one
+  per call 41% with the encoder in it; 6.4 min.)
   """
   return ml_collections.ConfigDict({
       "batches": (1, 64, 1024),
