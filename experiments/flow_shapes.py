@@ -35,7 +35,7 @@ def get_config():
   (shape 94.1%). Stage 2 at 9,000 steps (this config), guidance 7: all stated right 48.6%
   +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
   open_cell_diversity 100%; in-loop test v_mse 0.128, caption_gain 0.061 (step 8,500:
-  47.3% / 43.7% / 36%). The previous default (7,000 steps, one per call, the same hour):
+  47.3% / 43.7% / 36%; step 7,000: 45.0% / 39.4% / 33%). The previous default (7,000 steps, one per call, the same hour):
   45.9% +- 0.8% / 39.8% +- 0.8% / 35% (guidance 3: 45.1% / 40.5% / 33%); at t_mean 0
   42.4% +- 0.2% / 36.2% +- 1.0% / 30%. Targets (95% / 80% / relations 90%) missed by
   46 / 36 / 55 points.
