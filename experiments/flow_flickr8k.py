@@ -40,7 +40,9 @@ def get_config():
   1.18 at 5,616, still falling. Samples carry the caption's scene and colours, no objects.
   Guidance 1 / 2 / 3 / 5: R-precision 5.1 / 10.3 / 13.6 / 15.4%, FD_dual 0.73 / 1.04 / 2.29 / 5.93.
   Run time: 1 h 34 min in all on the 2-core Intel Xeon VM while 2-3 other jobs shared it
-  (preparing 81 s; stage 1 ~0.9 steps/s, stage 2 1.4-1.6 steps/s on cached latents);
+  (preparing 81 s; stage 1 ~0.9 steps/s, stage 2 1.4-1.6 steps/s on cached latents, one
+  step per jitted call: stage 2 now runs 4 per call, 1.26x the steps/s of one per call
+  on the AMD EPYC VM, so expect it shorter; README "Results: built-in shapes (flow)");
   evaluation 3 min 16 s alone; sampling 53.8 images/s.
   """
   c = configs.flow_config("flickr8k")
