@@ -61,6 +61,9 @@ def get_config():
   # right on test, backgrounds 99.6% but cells 43%; idle AMD VM, 2026-12-04), where at
   # 5,000-7,000 steps it is better.
   c.stage2.model_kwargs.t_mean = 0.0
+  # Two self-attention layers over the words, as measured here (flow_shapes now uses one:
+  # better at 5,000-9,000 steps; not yet measured at this length).
+  c.stage2.model_kwargs.text_layers = 2
   c.stage2.checkpoint_every_steps = 0
   return c
 
