@@ -34,8 +34,8 @@ def get_config():
   reconstructions read back with every stated attribute right in 91.4% of test images
   (shape 94.1%). Stage 2 at 9,000 steps (this config: one text layer), guidance 7: all
   stated right 66.4% +- 1.3% test, 62.2% +- 0.4% compositional, relations 75%, shapes 78%,
-  counts 90% (step 5,000: 46.0% / 41.8% / 39%); the stage-2 part, resumed from a copied
-  stage 1, ran in 17.1 min from step 0 to 9,000 with restarts (epochs 126-183 s). Targets
+  counts 90% (step 5,000: 46.0% / 41.8% / 39%); its stage 2 (from a copied stage 1) ran
+  steps 5,000-9,000 in 17.1 min, resumed, with idle epochs of 126-183 s. Targets
   (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
   With two text layers (flow_config's), the same otherwise: 48.6%
   +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
