@@ -49,7 +49,8 @@ def get_config():
   slower hour: 429 s / 586 s); sampling at guidance 7 (flow_shapes' default). Every stated
   attribute right in 4.0% +- 0.6% of test images (3.1% compositional), backgrounds 91%,
   open_cell_diversity 99%. The issue's targets (<= 5 min, >= 50%) are missed: 800 flow
-  steps are far too few (experiments.flow_shapes: 40% at 5,000 steps, 49% at 9,000).
+  steps are far too few (experiments.flow_shapes, one text layer: 46% at 5,000 steps,
+  66% at 9,000; with two, as here: 41% / 49%).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
