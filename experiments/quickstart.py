@@ -62,8 +62,10 @@ def get_config():
   # right on test, backgrounds 99.6% but cells 43%; idle AMD VM, 2026-12-04), where at
   # 5,000-7,000 steps it is better.
   c.stage2.model_kwargs.t_mean = 0.0
-  # Two self-attention layers over the words, as measured here (flow_shapes now uses one:
-  # better at 5,000-9,000 steps; not yet measured at this length).
+  # Two self-attention layers over the words, as measured here. flow_shapes uses one
+  # (better at 5,000-9,000 steps), but at 800 steps one layer is no better: 3.6% +- 1.2% /
+  # 2.6% +- 0.8% all stated right against 4.0% +- 0.6% / 3.1% +- 0.3% (the same stage 1,
+  # --config.stage2.model_kwargs.text_layers=1; AMD VM, 2026-12-04).
   c.stage2.model_kwargs.text_layers = 2
   c.stage2.checkpoint_every_steps = 0
   return c
