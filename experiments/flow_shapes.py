@@ -32,11 +32,14 @@ def get_config():
   Expected result (measured, seed 0, idle 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
   1,000 captions per split, 3 seeds; EMA, Euler 20 steps): stage 1 test PSNR 29.9 dB, its
   reconstructions read back with every stated attribute right in 91.4% of test images
-  (shape 94.1%). Stage 2 at 9,000 steps (this config: one text layer), guidance 7: all
-  stated right 66.4% +- 1.3% test, 62.2% +- 0.4% compositional, relations 75%, shapes 78%,
-  counts 90% (step 5,000: 46.0% / 41.8% / 39%); its stage 2 (from a copied stage 1) ran
-  steps 5,000-9,000 in 17.1 min, resumed, with idle epochs of 126-183 s. Targets
-  (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
+  (shape 94.1%). Stage 2 at 9,000 steps, guidance 7: all stated right 66.4% +- 1.3% test,
+  62.2% +- 0.4% compositional, relations 75%, shapes 78%, counts 90% (step 5,000: 46.0% /
+  41.8% / 39%). Targets (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
+  Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
+  /usr/bin/time: 37.1 min (preparing 81.5 s, stage 1 161 s, stage 2 32.4 min at about 4.6
+  steps/s with its evals; peak RSS 4.2 GB), in a fast hour of the VM; about 53 min scaled
+  to its slow hour (stage 1 307 s, stage 2 1.40x slower). Its final params are bitwise
+  those of the stopped-and-resumed run that gave the numbers above.
   With two text layers (flow_config's), the same otherwise: 48.6%
   +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
   open_cell_diversity 100%; in-loop test v_mse 0.128, caption_gain 0.061 (step 8,500:
@@ -46,7 +49,7 @@ def get_config():
   Extended to 15,000 steps (an earlier config: one residual block in stage 1, t_mean 0;
   Intel Xeon VM, guidance 3; rerun with --config.stage2.max_steps=15000: the run resumes):
   73.2% +- 1.6% test, 69.9% +- 1.7% compositional, relations 64%.
-  Run time (the same VM, idle, cold data): 38.6 min to step 8,500 (preparing 83 s, stage 1
+  The two-layer run's time (the same VM, idle, cold data): 38.6 min to step 8,500 (preparing 83 s, stage 1
   152 s, stage 2 at 4.3-4.6 steps/s, evals 7 s), the last 500 steps 186 s: about 41 min,
   in an hour when the VM was fast (the one-step-per-call stage 2 ran at 3.49 steps/s then;
   stage 1 took 307 s, not 152, in the slower hour of the timing below). Scaled to that
@@ -77,7 +80,8 @@ def get_config():
   c.stage1.max_steps = 1000
   # Sized so that the whole command fits in 60 min on the 2-core VM at its slower moments:
   # 7,000 steps at one step per jitted call took 57 min there; stage 2 now runs 4 per call
-  # (configs.flow_config), 1.26x the steps per second in one session of the AMD VM.
+  # (configs.flow_config), 1.26x the steps per second in one session of the AMD VM. Timed
+  # cold: 37.1 min in a fast hour of the VM, about 53 min scaled to its slow hour.
   c.stage2.max_steps = 9000
   c.stage1.num_epochs = 100  # max_steps ends each stage
   c.stage2.num_epochs = 100
