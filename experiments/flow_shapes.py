@@ -35,6 +35,9 @@ def get_config():
   (shape 94.1%). Stage 2 at 9,000 steps, guidance 7: all stated right 66.4% +- 1.3% test,
   62.2% +- 0.4% compositional, relations 75%, shapes 78%, counts 90% (step 5,000: 46.0% /
   41.8% / 39%). Targets (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
+  Run on to 12,000 steps (--config.stage2.max_steps=12000: the run resumes; 12.4 min
+  more): 72.7% +- 1.7% / 67.7% +- 1.2% / relations 87%, but about 68 min in all at the
+  VM's slow hour, so the default stops at 9,000.
   Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
   /usr/bin/time: 37.1 min (preparing 81.5 s, stage 1 161 s, stage 2 32.4 min at about 4.6
   steps/s with its evals; peak RSS 4.2 GB), in a fast hour of the VM; about 53 min scaled
