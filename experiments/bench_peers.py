@@ -41,9 +41,12 @@ batch 1). ``fraction`` is that bound over the measured step time. ``floor`` adds
 (the matmuls at the sgemm rate, then the update's memory pass, which needs the whole
 gradient): no step of this model can beat it, whatever the framework.
 
-The flow family's stage-2 step (``configs.flow_config().stage2``, its default CPU batch)
-is timed too, as the trainer runs it (``steps_per_scan`` steps per jitted call), and put
-against the sgemm rate, with XLA's FLOP count of one step compiled on its own.
+The flow family's stage-2 step is timed too, for each experiment named in ``flow``
+(``experiments.flow_shapes``: one text layer, the default run on shapes;
+``experiments.flow_flickr8k``: ``configs.flow_config``'s two text layers over up to 32
+words), at its default CPU batch, as the trainer runs it (``steps_per_scan`` steps per
+jitted call), and put against the sgemm rate, with XLA's FLOP count of one step compiled
+on its own.
 The last line is JSON.
 """
 
@@ -71,9 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   Measured (idle 2-core AMD EPYC VM, 2026-12-04, PyTorch 2.13 installed; README
   "Benchmarks"): t2i_jax / Keras 1.17x at batch 1 (45% of the memory limit), 1.06x at 64,
   1.04x at 1024; batch 1024 at 78% of the sgemm rate (209 GFLOP/s); the flow step (4 per
-  jitted call) at 46% of it; PyTorch 1.5-3.3x behind us. Run time 6.0 min. (Idle Intel
-  Xeon VM, 2026-12-02: 1.03x / 1.12x / 1.17x, 84% of 222 GFLOP/s, the flow step at one
-  per call 41% with the encoder in it; 6.4 min.)
+  jitted call) at 46% of it; PyTorch 1.5-3.3x behind us. Run time 6.0 min. Rerun later
+  that day (a slower hour, 7.1 min): 1.13x / 0.99x / 1.07x, 77%; the flow steps of
+  flow_shapes / flow_flickr8k at 42% / 48% with 8 timed steps per window, 49% / 49% with
+  32 (the default since). (Idle Intel Xeon VM, 2026-12-02: 1.03x / 1.12x / 1.17x, 84% of
+  222 GFLOP/s, the flow step at one per call 41% with the encoder in it; 6.4 min.)
   """
   return ml_collections.ConfigDict({
       "batches": (1, 64, 1024),
@@ -90,8 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
       "sgemm_size": 2048,
       "limit_repeats": 10,
       "limit_updates": 64,  # RMSprop updates per timed call of the memory limit
-      "flow": True,  # also time the flow family's stage-2 step (FLOP/s vs sgemm)
-      "flow_steps": 8,
+      # Also time the stage-2 step of these flow experiments (FLOP/s vs sgemm); () = none.
+      "flow": ("flow_shapes", "flow_flickr8k"),
+      "flow_steps": 32,  # per timed window (8 jitted calls): 8 steps gave 42-49% run to run
       "quick": False,  # a tiny model, a few steps: keeps this module from rotting (tests)
       "rounds": 2,  # run every row this many times, keep the best (the VM is noisy)
       "isolate": True,  # each peer in its own subprocess
@@ -107,7 +113,7 @@ def _quick(config) -> None:
   config.repeats = 1
   config.rounds = 1
   config.max_window_s = 5.0
-  config.flow = False
+  config.flow = ()
   config.isolate = False  # one process: the test's budget has no room for three starts
   config.model_kwargs = str({"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)})
   config.sgemm_size = 256
@@ -401,16 +407,19 @@ def run_torch(config, batch: int) -> dict:
               version=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def run_flow(config) -> dict:
-  """The flow family's stage-2 training step (``configs.flow_config().stage2``: its default
-  CPU batch and model) on synthetic captions, with a randomly initialised frozen stage 1,
+def run_flow(config, experiment: str) -> dict:
+  """The stage-2 training step of ``experiments.<experiment>`` (its model, default CPU
+  batch and steps per call) on synthetic captions, with a randomly initialised frozen stage 1,
   as the trainer runs it: on the stage-1 latents of the images, encoded once
   (``Method.image_features``). Its FLOPs are XLA's count for the compiled step."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from t2i_jax import configs, methods, train  # pylint: disable=import-outside-toplevel
-  c = configs.flow_config().stage2
+  import importlib  # pylint: disable=import-outside-toplevel
+  from t2i_jax import methods, train  # pylint: disable=import-outside-toplevel
+  c = importlib.import_module(f"experiments.{experiment}").get_config().stage2
+  if c.model != "flow":
+    raise ValueError(f"experiments.{experiment}'s stage 2 is {c.model!r}, not the flow family")
   batch, k, t = int(c.batch_size), int(c.steps_per_scan), int(c.max_caption_len)
   method = methods.get(c)
   frozen = {"params": method.ae.init(jax.random.key(0), jnp.zeros(
@@ -439,7 +448,9 @@ def run_flow(config) -> dict:
 
   params = sum(x.size for x in jax.tree.leaves(state.params))
   row = _row("t2i_jax", batch, params, _timed(config, run_steps, int(config.flow_steps), k),
-             model="flow (stage 2)", steps_per_call=k)
+             model=f"flow (stage 2 of experiments.{experiment})", experiment=experiment,
+             steps_per_call=k, text_layers=int(c.model_kwargs.text_layers),
+             max_caption_len=t)
   row["step_gflop"] = flops / 1e9
   return row
 
@@ -474,20 +485,26 @@ def check_param_count(peer: str, count: int, config) -> None:
 
 
 def run_job(config, job: str) -> dict:
-  """One job in this process: 'limits', 'flow', or a peer's rows at ``config.batches``."""
+  """One job in this process: 'limits', 'flow' (every experiment in ``config.flow``), or a
+  peer's rows at ``config.batches``."""
   want = param_count(model_dims(config))
   if job == "limits":
     return {"limits": measure_limits(config, want)}
   if job == "flow":
-    try:
-      flow = run_flow(config)
-    except Exception as e:  # pylint: disable=broad-except  # the family is still being built
-      flow = {"error": f"{type(e).__name__}: {e}"[:500]}
-      print(f"{_PROGRESS}flow: not usable: {flow['error']}", file=sys.stderr, flush=True)
-    else:
-      print(f"{_PROGRESS}flow     batch {flow['batch_size']:5d}: {flow['samples_per_s']:10.1f} "
-            f"samples/s {flow['ms_per_step']:9.3f} ms/step", file=sys.stderr, flush=True)
-    return {"flow": flow}
+    flows = []
+    for experiment in config.flow:
+      try:
+        flow = run_flow(config, str(experiment))
+      except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
+        flow = {"experiment": str(experiment), "error": f"{type(e).__name__}: {e}"[:500]}
+        print(f"{_PROGRESS}flow {experiment}: not usable: {flow['error']}", file=sys.stderr,
+              flush=True)
+      else:
+        print(f"{_PROGRESS}flow {experiment} batch {flow['batch_size']:5d}: "
+              f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
+              file=sys.stderr, flush=True)
+      flows.append(flow)
+    return {"flow": flows}
   rows = []
   for batch in config.batches:
     row = _RUNNERS[job](config, int(batch))
@@ -601,7 +618,8 @@ def run(config) -> dict:
         if key not in best or row["ms_per_step"] < best[key]["ms_per_step"]:
           best[key] = row
   rows = [best[(p, b)] for b in config.batches for p in peers]
-  flow = _child(config, "flow")["flow"] if config.flow else None
+  config.flow = tuple(str(e) for e in config.flow)
+  flows = _child(config, "flow")["flow"] if config.flow else []
   again = _child(config, "limits")["limits"]
   if again["sgemm_flops_per_s"] > limits["sgemm_flops_per_s"]:
     limits.update({k: again[k] for k in ("sgemm_size", "sgemm_flops_per_s")})
@@ -609,23 +627,26 @@ def run(config) -> dict:
     limits.update({k: again[k] for k in ("rmsprop_update_ms", "rmsprop_gb_per_s")})
   dims = model_dims(config)
   annotate(rows, limits, dims)
-  if flow is not None and "error" not in flow:
-    flow["gflop_per_s"] = flow["step_gflop"] / (flow["ms_per_step"] / 1000)
-    flow["sgemm_fraction"] = flow["gflop_per_s"] * 1e9 / limits["sgemm_flops_per_s"]
+  for flow in flows:
+    if "error" not in flow:
+      flow["gflop_per_s"] = flow["step_gflop"] / (flow["ms_per_step"] / 1000)
+      flow["sgemm_fraction"] = flow["gflop_per_s"] * 1e9 / limits["sgemm_flops_per_s"]
   result = {"machine": bench.machine(), "load_average_before": load_before,
             "load_average_after": _loadavg(), "peers": peers, "notes": notes,
             "param_count": param_count(dims), "data": "synthetic random, real shapes",
-            "limits": limits, "rows": rows, "flow": flow, **bench.peak_rss_mb()}
+            "limits": limits, "rows": rows, "flow": flows, **bench.peak_rss_mb()}
   print(f"limits: sgemm {limits['sgemm_flops_per_s'] / 1e9:.1f} GFLOP/s "
         f"({limits['sgemm_size']}^3 jnp.dot); one RMSprop update over "
         f"{limits['rmsprop_floats']:,} floats {limits['rmsprop_update_ms']:.2f} ms "
         f"({limits['rmsprop_gb_per_s']:.1f} GB/s over 5 passes)")
   print(f"load average (1, 5, 15 min): before {load_before}, after {result['load_average_after']}")
   print(table(result))
-  if flow is not None and "error" in flow:
-    print(f"flow: not usable: {flow['error']}")
-  elif flow is not None:
-    print(f"flow (stage 2, {flow['param_count']:,} params) batch {flow['batch_size']}: "
+  for flow in flows:
+    if "error" in flow:
+      print(f"flow, experiments.{flow['experiment']}: not usable: {flow['error']}")
+      continue
+    print(f"flow, stage 2 of experiments.{flow['experiment']} ({flow['param_count']:,} params, "
+          f"{flow['text_layers']} text layers) batch {flow['batch_size']}: "
           f"{flow['samples_per_s']:,.1f} samples/s, {flow['ms_per_step']:.1f} ms/step, "
           f"{flow['step_gflop']:.1f} GFLOP/step (XLA's count) = {flow['gflop_per_s']:.1f} GFLOP/s"
           f" = {100 * flow['sgemm_fraction']:.0f}% of sgemm")

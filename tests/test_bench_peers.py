@@ -56,3 +56,11 @@ def test_step_flops_count_one_step_whatever_the_steps_per_call():
   # The one-step chunk (no loop) adds its finiteness checks and selects to the step: a
   # few passes over this tiny model's params, 16% of its FLOPs here.
   assert 0.75 * one < flops <= one
+
+
+def test_a_flow_experiment_that_cannot_be_timed_gives_one_line_and_the_others_still_run():
+  config = bench_peers.get_config()
+  config.flow = ("no_such_experiment", "model1")
+  flows = bench_peers.run_job(config, "flow")["flow"]
+  assert [f["experiment"] for f in flows] == ["no_such_experiment", "model1"]
+  assert all("error" in f and "\n" not in f["error"] for f in flows)
