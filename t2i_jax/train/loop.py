@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -138,12 +140,17 @@ def on_nonfinite(step: int, epoch: int, checkpointer: checkpoint_lib.Checkpointe
 
 
 def ensure_writable(workdir: Path) -> None:
-  """Creates ``workdir`` and proves it writable now, not at the first checkpoint."""
-  probe = workdir / ".t2i_write_test"
+  """Creates ``workdir`` and proves it writable now, not at the first checkpoint.
+
+  The probe file is this process's own: the processes of a multi-host run share one
+  workdir, and with one shared name a process could delete another's probe before that
+  one did (ENOENT, reported as an unwritable workdir).
+  """
+  probe = workdir / f".t2i_write_test.{socket.gethostname()}.{os.getpid()}"
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.touch()
-    probe.unlink()
+    probe.unlink(missing_ok=True)
   except OSError as e:
     raise UserError(f"cannot write to workdir {workdir} ({e.strerror or e}); pass a "
                     "--workdir you can write to.") from e
