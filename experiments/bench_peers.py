@@ -46,7 +46,9 @@ The flow family's stage-2 step is timed too, for each experiment named in ``flow
 ``experiments.flow_flickr8k``: ``configs.flow_config``'s two text layers over up to 24
 words, as the data give them), at its default CPU batch, as the trainer runs it (``steps_per_scan`` steps per
 jitted call), and put against the sgemm rate, with XLA's FLOP count of one step compiled
-on its own.
+on its own; under each attention in ``flow_attention``: "fused" (the default,
+``t2i_jax.models.attention``) and "flax" (flax's ``MultiHeadDotProductAttention``, the
+same model), so one run gives the fused projections' A/B.
 The last line is JSON.
 """
 
@@ -98,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
       # Also time the stage-2 step of these flow experiments (FLOP/s vs sgemm); () = none.
       "flow": ("flow_shapes", "flow_flickr8k"),
       "flow_steps": 32,  # per timed window (8 jitted calls): 8 steps gave 42-49% run to run
+      # Each flow step under each attention: "fused" (the default, attention.Attention) and
+      # "flax" (nn.MultiHeadDotProductAttention, the same params): their A/B in one run.
+      "flow_attention": ("fused", "flax"),
       "quick": False,  # a tiny model, a few steps: keeps this module from rotting (tests)
       "rounds": 2,  # run every row this many times, keep the best (the VM is noisy)
       "isolate": True,  # each peer in its own subprocess
@@ -407,11 +412,12 @@ def run_torch(config, batch: int) -> dict:
               version=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def run_flow(config, experiment: str) -> dict:
+def run_flow(config, experiment: str, attention: str = "fused") -> dict:
   """The stage-2 training step of ``experiments.<experiment>`` (its model, default CPU
   batch and steps per call) on synthetic captions, with a randomly initialised frozen stage 1,
   as the trainer runs it: on the stage-1 latents of the images, encoded once
-  (``Method.image_features``). Its FLOPs are XLA's count for the compiled step."""
+  (``Method.image_features``), its attention run as ``attention`` ("fused" or "flax").
+  Its FLOPs are XLA's count for the compiled step."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -420,6 +426,7 @@ def run_flow(config, experiment: str) -> dict:
   c = importlib.import_module(f"experiments.{experiment}").get_config().stage2
   if c.model != "flow":
     raise ValueError(f"experiments.{experiment}'s stage 2 is {c.model!r}, not the flow family")
+  c.model_kwargs.attention = attention
   batch, k, t = int(c.batch_size), int(c.steps_per_scan), int(c.max_caption_len)
   method = methods.get(c)
   frozen = {"params": method.ae.init(jax.random.key(0), jnp.zeros(
@@ -449,7 +456,7 @@ def run_flow(config, experiment: str) -> dict:
   params = sum(x.size for x in jax.tree.leaves(state.params))
   row = _row("t2i_jax", batch, params, _timed(config, run_steps, int(config.flow_steps), k),
              model=f"flow (stage 2 of experiments.{experiment})", experiment=experiment,
-             steps_per_call=k, text_layers=int(c.model_kwargs.text_layers),
+             attention=attention, steps_per_call=k, text_layers=int(c.model_kwargs.text_layers),
              max_caption_len=t)
   row["step_gflop"] = flops / 1e9
   return row
@@ -485,25 +492,27 @@ def check_param_count(peer: str, count: int, config) -> None:
 
 
 def run_job(config, job: str) -> dict:
-  """One job in this process: 'limits', 'flow' (every experiment in ``config.flow``), or a
-  peer's rows at ``config.batches``."""
+  """One job in this process: 'limits', 'flow' (every experiment in ``config.flow`` under
+  every kind in ``config.flow_attention``), or a peer's rows at ``config.batches``."""
   want = param_count(model_dims(config))
   if job == "limits":
     return {"limits": measure_limits(config, want)}
   if job == "flow":
     flows = []
     for experiment in config.flow:
-      try:
-        flow = run_flow(config, str(experiment))
-      except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
-        flow = {"experiment": str(experiment), "error": f"{type(e).__name__}: {e}"[:500]}
-        print(f"{_PROGRESS}flow {experiment}: not usable: {flow['error']}", file=sys.stderr,
-              flush=True)
-      else:
-        print(f"{_PROGRESS}flow {experiment} batch {flow['batch_size']:5d}: "
-              f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
-              file=sys.stderr, flush=True)
-      flows.append(flow)
+      for kind in config.flow_attention:
+        try:
+          flow = run_flow(config, str(experiment), str(kind))
+        except Exception as e:  # pylint: disable=broad-except  # one line, the others run
+          flow = {"experiment": str(experiment), "attention": str(kind),
+                  "error": f"{type(e).__name__}: {e}"[:500]}
+          print(f"{_PROGRESS}flow {experiment} ({kind}): not usable: {flow['error']}",
+                file=sys.stderr, flush=True)
+        else:
+          print(f"{_PROGRESS}flow {experiment} ({kind}) batch {flow['batch_size']:5d}: "
+                f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
+                file=sys.stderr, flush=True)
+        flows.append(flow)
     return {"flow": flows}
   rows = []
   for batch in config.batches:
@@ -619,6 +628,7 @@ def run(config) -> dict:
           best[key] = row
   rows = [best[(p, b)] for b in config.batches for p in peers]
   config.flow = tuple(str(e) for e in config.flow)
+  config.flow_attention = tuple(str(e) for e in config.flow_attention)
   flows = _child(config, "flow")["flow"] if config.flow else []
   again = _child(config, "limits")["limits"]
   if again["sgemm_flops_per_s"] > limits["sgemm_flops_per_s"]:
@@ -643,10 +653,12 @@ def run(config) -> dict:
   print(table(result))
   for flow in flows:
     if "error" in flow:
-      print(f"flow, experiments.{flow['experiment']}: not usable: {flow['error']}")
+      print(f"flow, experiments.{flow['experiment']} ({flow['attention']} attention): not "
+            f"usable: {flow['error']}")
       continue
     print(f"flow, stage 2 of experiments.{flow['experiment']} ({flow['param_count']:,} params, "
-          f"{flow['text_layers']} text layers) batch {flow['batch_size']}: "
+          f"{flow['text_layers']} text layers, {flow['attention']} attention) batch "
+          f"{flow['batch_size']}: "
           f"{flow['samples_per_s']:,.1f} samples/s, {flow['ms_per_step']:.1f} ms/step, "
           f"{flow['step_gflop']:.1f} GFLOP/step (XLA's count) = {flow['gflop_per_s']:.1f} GFLOP/s"
           f" = {100 * flow['sgemm_fraction']:.0f}% of sgemm")

@@ -126,4 +126,20 @@ class Attention(nn.Module):
     return jnp.einsum("...nhd,hdc->...nc", y, ok) + ob
 
 
-__all__ = ["Attention", "AttentionWeights", "attend"]
+KINDS = ("fused", "flax")
+
+
+def multi_head(kind: str, num_heads: int, dtype: Any, name: str) -> nn.Module:
+  """``Attention`` (kind "fused") or flax's ``MultiHeadDotProductAttention`` ("flax").
+
+  Both hold the same params and take ``(inputs_q[, inputs_kv], mask=...)``; "flax" reruns
+  a run made before the fused projections bit for bit.
+  """
+  if kind == "fused":
+    return Attention(num_heads, dtype, name=name)
+  if kind == "flax":
+    return nn.MultiHeadDotProductAttention(num_heads=num_heads, dtype=dtype, name=name)
+  raise ValueError(f"attention must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+__all__ = ["KINDS", "Attention", "AttentionWeights", "attend", "multi_head"]

@@ -22,13 +22,14 @@ Array = jax.Array
 
 def contextual_words(module: nn.Module, text: Array, mask: Array, *, width: int,
                      num_layers: int, num_heads: int, max_len: int, dtype: Any,
-                     mlp: Callable[[int, Array], Array], fused: bool = False) -> Array:
+                     mlp: Callable[[int, Array], Array], attention_kind: str = "flax") -> Array:
   """GloVe words [B, T, D] + bool mask [B, T] -> contextual words [B, T, width] (final LN).
 
   ``mlp(i, x)`` is block ``i``'s MLP (the caller names its layers); ``module`` owns the
-  positional table. ``fused`` runs the self-attention as ``attention.Attention`` (query, key
-  and value in one dot: faster on CPU, the same params; the flow family uses it), else as
-  flax's ``MultiHeadDotProductAttention`` (the CVAE: its recorded runs stay bit-exact).
+  positional table. ``attention_kind`` "fused" runs the self-attention as
+  ``attention.Attention`` (query, key and value in one dot: faster on CPU, the same params;
+  the flow family's default), "flax" as flax's ``MultiHeadDotProductAttention`` (the CVAE:
+  its recorded runs stay bit-exact).
   Raises ValueError when T exceeds ``max_len``.
   """
   t = text.shape[1]
@@ -43,11 +44,7 @@ def contextual_words(module: nn.Module, text: Array, mask: Array, *, width: int,
   attn_mask = nn.make_attention_mask(mask, mask)
   for i in range(num_layers):
     y = nn.LayerNorm(dtype=dtype, name=f"ln_attn{i}")(x)
-    if fused:
-      y = attention.Attention(num_heads, dtype, name=f"attn{i}")(y, mask=attn_mask)
-    else:
-      y = nn.MultiHeadDotProductAttention(num_heads=num_heads, dtype=dtype,
-                                          name=f"attn{i}")(y, y, mask=attn_mask)
+    y = attention.multi_head(attention_kind, num_heads, dtype, f"attn{i}")(y, mask=attn_mask)
     x = x + y
     x = x + mlp(i, nn.LayerNorm(dtype=dtype, name=f"ln_mlp{i}")(x))
   return nn.LayerNorm(dtype=dtype, name="ln_out")(x)
