@@ -48,7 +48,8 @@ words, as the data give them), at its default CPU batch, as the trainer runs it 
 jitted call), and put against the sgemm rate, with XLA's FLOP count of one step compiled
 on its own; under each attention in ``flow_attention``: "fused" (the default,
 ``t2i_jax.models.attention``) and "flax" (flax's ``MultiHeadDotProductAttention``, the
-same model), so one run gives the fused projections' A/B.
+same model), their timed windows taken in turn, so one run gives the fused projections'
+A/B.
 The last line is JSON.
 """
 
@@ -101,7 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
       "flow": ("flow_shapes", "flow_flickr8k"),
       "flow_steps": 32,  # per timed window (8 jitted calls): 8 steps gave 42-49% run to run
       # Each flow step under each attention: "fused" (the default, attention.Attention) and
-      # "flax" (nn.MultiHeadDotProductAttention, the same params): their A/B in one run.
+      # "flax" (nn.MultiHeadDotProductAttention, the same params): their A/B in one run,
+      # the windows of the two taken in turn.
       "flow_attention": ("fused", "flax"),
       "quick": False,  # a tiny model, a few steps: keeps this module from rotting (tests)
       "rounds": 2,  # run every row this many times, keep the best (the VM is noisy)
@@ -181,19 +183,29 @@ def _timed(config, run_steps, window: int, unit: int) -> dict:
   of one call) when the warm-up took longer, so a slow peer does not hold the run for
   minutes. Returns the best window's time per step.
   """
-  t0 = time.perf_counter()
-  loss = run_steps(window)
-  first = time.perf_counter() - t0
-  timed = window
-  if first > config.max_window_s:
-    timed = max(unit, int(window * config.max_window_s / first) // unit * unit)
-  best = math.inf
-  for _ in range(config.repeats):
+  return _timed_interleaved(config, [run_steps], window, unit)[0]
+
+
+def _timed_interleaved(config, runs, window: int, unit: int) -> list[dict]:
+  """``_timed`` for several programs at once: each warmed up, then their timed windows
+  taken in turn (A, B, A, B, ...), so that a drifting load hits them alike: an A/B whose
+  rows ran one after the other moved by up to 1.6x on the shared VM."""
+  firsts, losses = [], []
+  for run_steps in runs:
     t0 = time.perf_counter()
-    loss = run_steps(timed)
-    best = min(best, time.perf_counter() - t0)
-  return {"steps_timed": timed, "best_window_s": best, "first_window_s": round(first, 2),
-          "loss": float(loss)}
+    losses.append(run_steps(window))
+    firsts.append(time.perf_counter() - t0)
+  timed = window
+  if max(firsts) > config.max_window_s:
+    timed = max(unit, int(window * config.max_window_s / max(firsts)) // unit * unit)
+  best = [math.inf] * len(runs)
+  for _ in range(config.repeats):
+    for i, run_steps in enumerate(runs):
+      t0 = time.perf_counter()
+      losses[i] = run_steps(timed)
+      best[i] = min(best[i], time.perf_counter() - t0)
+  return [{"steps_timed": timed, "best_window_s": b, "first_window_s": round(f, 2),
+           "loss": float(l)} for b, f, l in zip(best, firsts, losses)]
 
 
 def _row(peer: str, batch: int, params: int, timing: dict, **extra) -> dict:
@@ -412,12 +424,14 @@ def run_torch(config, batch: int) -> dict:
               version=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def run_flow(config, experiment: str, attention: str = "fused") -> dict:
+def prepare_flow(config, experiment: str, attention: str = "fused"):
   """The stage-2 training step of ``experiments.<experiment>`` (its model, default CPU
   batch and steps per call) on synthetic captions, with a randomly initialised frozen stage 1,
   as the trainer runs it: on the stage-1 latents of the images, encoded once
   (``Method.image_features``), its attention run as ``attention`` ("fused" or "flax").
-  Its FLOPs are XLA's count for the compiled step."""
+
+  Returns (run_steps, row fields): ``run_steps(n)`` trains n steps; the fields name the
+  step, with XLA's FLOP count for it compiled on its own (``step_gflop``)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -453,13 +467,34 @@ def run_flow(config, experiment: str, attention: str = "fused") -> dict:
     box[0] = state
     return metrics["loss"]
 
-  params = sum(x.size for x in jax.tree.leaves(state.params))
-  row = _row("t2i_jax", batch, params, _timed(config, run_steps, int(config.flow_steps), k),
-             model=f"flow (stage 2 of experiments.{experiment})", experiment=experiment,
-             attention=attention, steps_per_call=k, text_layers=int(c.model_kwargs.text_layers),
-             max_caption_len=t)
-  row["step_gflop"] = flops / 1e9
-  return row
+  fields = {"batch": batch, "params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "model": f"flow (stage 2 of experiments.{experiment})", "experiment": experiment,
+            "attention": attention, "steps_per_call": k,
+            "text_layers": int(c.model_kwargs.text_layers), "max_caption_len": t,
+            "step_gflop": flops / 1e9}
+  return run_steps, fields
+
+
+def run_flows(config, experiment: str) -> list[dict]:
+  """One row per kind in ``config.flow_attention`` for the step of ``experiment``, their
+  windows timed in turn; a kind that cannot be built gives an error row, the others run."""
+  prepared, rows = [], []
+  for kind in config.flow_attention:
+    try:
+      prepared.append((str(kind), *prepare_flow(config, experiment, str(kind))))
+    except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
+      rows.append({"experiment": experiment, "attention": str(kind),
+                   "error": f"{type(e).__name__}: {e}"[:500]})
+  if prepared:
+    k = prepared[0][2]["steps_per_call"]
+    timings = _timed_interleaved(config, [run for _, run, _ in prepared],
+                                 int(config.flow_steps), k)
+    for (_, _, f), timing in zip(prepared, timings):
+      f = dict(f)
+      batch, params = f.pop("batch"), f.pop("params")
+      rows.append(_row("t2i_jax", batch, params, timing, **f))
+  order = [str(kind) for kind in config.flow_attention]
+  return sorted(rows, key=lambda r: order.index(r["attention"]))
 
 
 def compiled_step_flops(state, batch, rng) -> float:
@@ -500,19 +535,21 @@ def run_job(config, job: str) -> dict:
   if job == "flow":
     flows = []
     for experiment in config.flow:
-      for kind in config.flow_attention:
-        try:
-          flow = run_flow(config, str(experiment), str(kind))
-        except Exception as e:  # pylint: disable=broad-except  # one line, the others run
-          flow = {"experiment": str(experiment), "attention": str(kind),
-                  "error": f"{type(e).__name__}: {e}"[:500]}
+      try:
+        rows = run_flows(config, str(experiment))
+      except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
+        rows = [{"experiment": str(experiment), "attention": str(kind),
+                 "error": f"{type(e).__name__}: {e}"[:500]} for kind in config.flow_attention]
+      for flow in rows:
+        kind = flow["attention"]
+        if "error" in flow:
           print(f"{_PROGRESS}flow {experiment} ({kind}): not usable: {flow['error']}",
                 file=sys.stderr, flush=True)
         else:
           print(f"{_PROGRESS}flow {experiment} ({kind}) batch {flow['batch_size']:5d}: "
                 f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
                 file=sys.stderr, flush=True)
-        flows.append(flow)
+      flows.extend(rows)
     return {"flow": flows}
   rows = []
   for batch in config.batches:

@@ -85,6 +85,9 @@ class FlowMethod(Method):
       "steps": "sample_steps", "guidance": "sample_guidance", "solver": "sample_solver",
       "guidance_interval": "sample_guidance_interval"}
   GENERATES: ClassVar[bool] = True
+  # Runs saved before model_kwargs.attention existed ran flax's attention; so does a
+  # config without the key (configs.flow_config sets "fused").
+  LEGACY_MODEL_KWARGS: ClassVar[Mapping[str, Any]] = {"attention": "flax"}
 
   model: flow_dit_lib.FlowDiT = flow_dit_lib.FlowDiT()
   ae: latent_ae_lib.LatentAE = latent_ae_lib.LatentAE()
@@ -98,7 +101,8 @@ class FlowMethod(Method):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "FlowMethod":
     kw = config.model_kwargs
-    kw = dict(kw.to_dict() if isinstance(kw, ml_collections.ConfigDict) else kw)
+    kw = cls.with_legacy_model_kwargs(
+        kw.to_dict() if isinstance(kw, ml_collections.ConfigDict) else kw)
     unknown = sorted(set(kw) - set(_DIT_FIELDS) - set(_OWN_FIELDS))
     if unknown:
       raise UserError(f"Unknown flow model_kwargs {', '.join(unknown)}; known: "
