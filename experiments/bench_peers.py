@@ -46,10 +46,7 @@ The flow family's stage-2 step is timed too, for each experiment named in ``flow
 ``experiments.flow_flickr8k``: ``configs.flow_config``'s two text layers over up to 24
 words, as the data give them), at its default CPU batch, as the trainer runs it (``steps_per_scan`` steps per
 jitted call), and put against the sgemm rate, with XLA's FLOP count of one step compiled
-on its own; under each attention in ``flow_attention``: "fused" (the default,
-``t2i_jax.models.attention``) and "flax" (flax's ``MultiHeadDotProductAttention``, the
-same model), their timed windows taken in turn, so one run gives the fused projections'
-A/B.
+on its own.
 The last line is JSON.
 """
 
@@ -101,10 +98,6 @@ def get_config() -> ml_collections.ConfigDict:
       # Also time the stage-2 step of these flow experiments (FLOP/s vs sgemm); () = none.
       "flow": ("flow_shapes", "flow_flickr8k"),
       "flow_steps": 32,  # per timed window (8 jitted calls): 8 steps gave 42-49% run to run
-      # Each flow step under each attention: "fused" (the default, attention.Attention) and
-      # "flax" (nn.MultiHeadDotProductAttention, the same params): their A/B in one run,
-      # the windows of the two taken in turn.
-      "flow_attention": ("fused", "flax"),
       "quick": False,  # a tiny model, a few steps: keeps this module from rotting (tests)
       "rounds": 2,  # run every row this many times, keep the best (the VM is noisy)
       "isolate": True,  # each peer in its own subprocess
@@ -183,29 +176,19 @@ def _timed(config, run_steps, window: int, unit: int) -> dict:
   of one call) when the warm-up took longer, so a slow peer does not hold the run for
   minutes. Returns the best window's time per step.
   """
-  return _timed_interleaved(config, [run_steps], window, unit)[0]
-
-
-def _timed_interleaved(config, runs, window: int, unit: int) -> list[dict]:
-  """``_timed`` for several programs at once: each warmed up, then their timed windows
-  taken in turn (A, B, A, B, ...), so that a drifting load hits them alike: an A/B whose
-  rows ran one after the other moved by up to 1.6x on the shared VM."""
-  firsts, losses = [], []
-  for run_steps in runs:
-    t0 = time.perf_counter()
-    losses.append(run_steps(window))
-    firsts.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  loss = run_steps(window)
+  first = time.perf_counter() - t0
   timed = window
-  if max(firsts) > config.max_window_s:
-    timed = max(unit, int(window * config.max_window_s / max(firsts)) // unit * unit)
-  best = [math.inf] * len(runs)
+  if first > config.max_window_s:
+    timed = max(unit, int(window * config.max_window_s / first) // unit * unit)
+  best = math.inf
   for _ in range(config.repeats):
-    for i, run_steps in enumerate(runs):
-      t0 = time.perf_counter()
-      losses[i] = run_steps(timed)
-      best[i] = min(best[i], time.perf_counter() - t0)
-  return [{"steps_timed": timed, "best_window_s": b, "first_window_s": round(f, 2),
-           "loss": float(l)} for b, f, l in zip(best, firsts, losses)]
+    t0 = time.perf_counter()
+    loss = run_steps(timed)
+    best = min(best, time.perf_counter() - t0)
+  return {"steps_timed": timed, "best_window_s": best, "first_window_s": round(first, 2),
+          "loss": float(loss)}
 
 
 def _row(peer: str, batch: int, params: int, timing: dict, **extra) -> dict:
@@ -424,14 +407,11 @@ def run_torch(config, batch: int) -> dict:
               version=f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def prepare_flow(config, experiment: str, attention: str = "fused"):
+def run_flow(config, experiment: str) -> dict:
   """The stage-2 training step of ``experiments.<experiment>`` (its model, default CPU
   batch and steps per call) on synthetic captions, with a randomly initialised frozen stage 1,
   as the trainer runs it: on the stage-1 latents of the images, encoded once
-  (``Method.image_features``), its attention run as ``attention`` ("fused" or "flax").
-
-  Returns (run_steps, row fields): ``run_steps(n)`` trains n steps; the fields name the
-  step, with XLA's FLOP count for it compiled on its own (``step_gflop``)."""
+  (``Method.image_features``). Its FLOPs are XLA's count for the compiled step."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -440,7 +420,6 @@ def prepare_flow(config, experiment: str, attention: str = "fused"):
   c = importlib.import_module(f"experiments.{experiment}").get_config().stage2
   if c.model != "flow":
     raise ValueError(f"experiments.{experiment}'s stage 2 is {c.model!r}, not the flow family")
-  c.model_kwargs.attention = attention
   batch, k, t = int(c.batch_size), int(c.steps_per_scan), int(c.max_caption_len)
   method = methods.get(c)
   frozen = {"params": method.ae.init(jax.random.key(0), jnp.zeros(
@@ -467,34 +446,13 @@ def prepare_flow(config, experiment: str, attention: str = "fused"):
     box[0] = state
     return metrics["loss"]
 
-  fields = {"batch": batch, "params": sum(x.size for x in jax.tree.leaves(state.params)),
-            "model": f"flow (stage 2 of experiments.{experiment})", "experiment": experiment,
-            "attention": attention, "steps_per_call": k,
-            "text_layers": int(c.model_kwargs.text_layers), "max_caption_len": t,
-            "step_gflop": flops / 1e9}
-  return run_steps, fields
-
-
-def run_flows(config, experiment: str) -> list[dict]:
-  """One row per kind in ``config.flow_attention`` for the step of ``experiment``, their
-  windows timed in turn; a kind that cannot be built gives an error row, the others run."""
-  prepared, rows = [], []
-  for kind in config.flow_attention:
-    try:
-      prepared.append((str(kind), *prepare_flow(config, experiment, str(kind))))
-    except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
-      rows.append({"experiment": experiment, "attention": str(kind),
-                   "error": f"{type(e).__name__}: {e}"[:500]})
-  if prepared:
-    k = prepared[0][2]["steps_per_call"]
-    timings = _timed_interleaved(config, [run for _, run, _ in prepared],
-                                 int(config.flow_steps), k)
-    for (_, _, f), timing in zip(prepared, timings):
-      f = dict(f)
-      batch, params = f.pop("batch"), f.pop("params")
-      rows.append(_row("t2i_jax", batch, params, timing, **f))
-  order = [str(kind) for kind in config.flow_attention]
-  return sorted(rows, key=lambda r: order.index(r["attention"]))
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  row = _row("t2i_jax", batch, params, _timed(config, run_steps, int(config.flow_steps), k),
+             model=f"flow (stage 2 of experiments.{experiment})", experiment=experiment,
+             steps_per_call=k, text_layers=int(c.model_kwargs.text_layers),
+             max_caption_len=t)
+  row["step_gflop"] = flops / 1e9
+  return row
 
 
 def compiled_step_flops(state, batch, rng) -> float:
@@ -527,8 +485,8 @@ def check_param_count(peer: str, count: int, config) -> None:
 
 
 def run_job(config, job: str) -> dict:
-  """One job in this process: 'limits', 'flow' (every experiment in ``config.flow`` under
-  every kind in ``config.flow_attention``), or a peer's rows at ``config.batches``."""
+  """One job in this process: 'limits', 'flow' (every experiment in ``config.flow``), or a
+  peer's rows at ``config.batches``."""
   want = param_count(model_dims(config))
   if job == "limits":
     return {"limits": measure_limits(config, want)}
@@ -536,20 +494,16 @@ def run_job(config, job: str) -> dict:
     flows = []
     for experiment in config.flow:
       try:
-        rows = run_flows(config, str(experiment))
+        flow = run_flow(config, str(experiment))
       except Exception as e:  # pylint: disable=broad-except  # one line, the others still run
-        rows = [{"experiment": str(experiment), "attention": str(kind),
-                 "error": f"{type(e).__name__}: {e}"[:500]} for kind in config.flow_attention]
-      for flow in rows:
-        kind = flow["attention"]
-        if "error" in flow:
-          print(f"{_PROGRESS}flow {experiment} ({kind}): not usable: {flow['error']}",
-                file=sys.stderr, flush=True)
-        else:
-          print(f"{_PROGRESS}flow {experiment} ({kind}) batch {flow['batch_size']:5d}: "
-                f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
-                file=sys.stderr, flush=True)
-      flows.extend(rows)
+        flow = {"experiment": str(experiment), "error": f"{type(e).__name__}: {e}"[:500]}
+        print(f"{_PROGRESS}flow {experiment}: not usable: {flow['error']}", file=sys.stderr,
+              flush=True)
+      else:
+        print(f"{_PROGRESS}flow {experiment} batch {flow['batch_size']:5d}: "
+              f"{flow['samples_per_s']:10.1f} samples/s {flow['ms_per_step']:9.3f} ms/step",
+              file=sys.stderr, flush=True)
+      flows.append(flow)
     return {"flow": flows}
   rows = []
   for batch in config.batches:
@@ -665,7 +619,6 @@ def run(config) -> dict:
           best[key] = row
   rows = [best[(p, b)] for b in config.batches for p in peers]
   config.flow = tuple(str(e) for e in config.flow)
-  config.flow_attention = tuple(str(e) for e in config.flow_attention)
   flows = _child(config, "flow")["flow"] if config.flow else []
   again = _child(config, "limits")["limits"]
   if again["sgemm_flops_per_s"] > limits["sgemm_flops_per_s"]:
@@ -690,12 +643,10 @@ def run(config) -> dict:
   print(table(result))
   for flow in flows:
     if "error" in flow:
-      print(f"flow, experiments.{flow['experiment']} ({flow['attention']} attention): not "
-            f"usable: {flow['error']}")
+      print(f"flow, experiments.{flow['experiment']}: not usable: {flow['error']}")
       continue
     print(f"flow, stage 2 of experiments.{flow['experiment']} ({flow['param_count']:,} params, "
-          f"{flow['text_layers']} text layers, {flow['attention']} attention) batch "
-          f"{flow['batch_size']}: "
+          f"{flow['text_layers']} text layers) batch {flow['batch_size']}: "
           f"{flow['samples_per_s']:,.1f} samples/s, {flow['ms_per_step']:.1f} ms/step, "
           f"{flow['step_gflop']:.1f} GFLOP/step (XLA's count) = {flow['gflop_per_s']:.1f} GFLOP/s"
           f" = {100 * flow['sgemm_fraction']:.0f}% of sgemm")

@@ -50,9 +50,6 @@ def get_config():
   c.image_mode = "center_crop"
   c.max_caption_len = 32
   c.stage2.model_kwargs.max_len = 32
-  # Flax's attention, as in the run measured above (the fused projections of flow_config
-  # give the same model about 5% faster, rounded differently: set "fused" for a new run).
-  c.stage2.model_kwargs.attention = "flax"
   c.stage1.max_steps = 1500
   c.stage2.max_steps = 6000
   c.stage1.num_epochs = 100  # max_steps ends each stage

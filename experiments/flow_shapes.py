@@ -32,20 +32,17 @@ def get_config():
   Expected result (measured, seed 0, idle 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
   1,000 captions per split, 3 seeds; EMA, Euler 20 steps): stage 1 test PSNR 29.9 dB, its
   reconstructions read back with every stated attribute right in 91.4% of test images
-  (shape 94.1%). Stage 2 at 9,000 steps, guidance 7: all stated right 64.7% +- 0.7% test,
-  62.2% +- 1.9% compositional, relations 73%, shapes 78%, counts 91%. Targets (95% / 80% /
-  relations 90%) missed by 30 / 18 / 17 points. With flax's attention (the code before
-  attention.Attention: the same params, sums rounded differently) the same command gave
-  66.4% +- 1.3% / 62.2% +- 0.4% / relations 75% (step 5,000: 46.0% / 41.8% / 39%):
-  rounding alone moves the result by about 2 points.
+  (shape 94.1%). Stage 2 at 9,000 steps, guidance 7: all stated right 66.4% +- 1.3% test,
+  62.2% +- 0.4% compositional, relations 75%, shapes 78%, counts 90% (step 5,000: 46.0% /
+  41.8% / 39%). Targets (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
   Run on to 12,000 steps (--config.stage2.max_steps=12000: the run resumes; 12.4 min
-  more; the flax-attention run): 72.7% +- 1.7% / 67.7% +- 1.2% / relations 87%, but about
-  68 min in all at the VM's slow hour, so the default stops at 9,000.
+  more): 72.7% +- 1.7% / 67.7% +- 1.2% / relations 87%, but about 68 min in all at the
+  VM's slow hour, so the default stops at 9,000.
   Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
-  /usr/bin/time: 42.0 min (preparing 83.4 s, stage 1 164 s, stage 2 35.1 min at about 4.3
-  steps/s with its evals; peak RSS 4.3 GB). With flax's attention, earlier that day in a
-  faster hour: 37.1 min (stage 1 161 s, stage 2 32.4 min); about 53 min scaled to the
-  VM's slow hour (stage 1 307 s, stage 2 1.40x slower).
+  /usr/bin/time: 37.1 min (preparing 81.5 s, stage 1 161 s, stage 2 32.4 min at about 4.6
+  steps/s with its evals; peak RSS 4.2 GB), in a fast hour of the VM; about 53 min scaled
+  to its slow hour (stage 1 307 s, stage 2 1.40x slower). Its final params are bitwise
+  those of the stopped-and-resumed run that gave the numbers above.
   With two text layers (flow_config's), the same otherwise: 48.6%
   +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
   open_cell_diversity 100%; in-loop test v_mse 0.128, caption_gain 0.061 (step 8,500:
@@ -88,7 +85,7 @@ def get_config():
   # Sized so that the whole command fits in 60 min on the 2-core VM at its slower moments:
   # 7,000 steps at one step per jitted call took 57 min there; stage 2 now runs 4 per call
   # (configs.flow_config), 1.26x the steps per second in one session of the AMD VM. Timed
-  # cold: 37.1-42.0 min in two hours of the VM, about 53 min scaled to its slow hour.
+  # cold: 37.1 min in a fast hour of the VM, about 53 min scaled to its slow hour.
   c.stage2.max_steps = 9000
   c.stage1.num_epochs = 100  # max_steps ends each stage
   c.stage2.num_epochs = 100

@@ -212,10 +212,7 @@ def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
   # (CPU_NOTES); two self-attention layers over the words before cross-attention.
   s2.model_kwargs = ml_collections.ConfigDict({
       "ae": ae, "patch": 4, "width": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4,
-      "text_layers": 2, "text_heads": 4, "max_len": 24,
-      # Flax's multi-head attention with its projections fused (the same params): about 5%
-      # faster per step on CPU; "flax" reruns a run made before it bit for bit.
-      "attention": "fused"})
+      "text_layers": 2, "text_heads": 4, "max_len": 24})
   s2.optimizer = "adamw"
   s2.optimizer_kwargs = ml_collections.ConfigDict({"b2": 0.99})
   s2.learning_rate = 1e-3

@@ -62,15 +62,5 @@ def test_a_flow_experiment_that_cannot_be_timed_gives_one_line_and_the_others_st
   config = bench_peers.get_config()
   config.flow = ("no_such_experiment", "model1")
   flows = bench_peers.run_job(config, "flow")["flow"]
-  # Each experiment under each attention kind (fused, then flax: the A/B in one run).
-  assert [(f["experiment"], f["attention"]) for f in flows] == [
-      ("no_such_experiment", "fused"), ("no_such_experiment", "flax"),
-      ("model1", "fused"), ("model1", "flax")]
+  assert [f["experiment"] for f in flows] == ["no_such_experiment", "model1"]
   assert all("error" in f and "\n" not in f["error"] for f in flows)
-
-
-def test_an_unknown_attention_kind_is_one_line_not_a_timed_row():
-  config = bench_peers.get_config()
-  config.flow, config.flow_attention = ("flow_shapes",), ("flash",)
-  (flow,) = bench_peers.run_job(config, "flow")["flow"]
-  assert "attention must be one of fused, flax" in flow["error"]

@@ -18,7 +18,6 @@ from t2i_jax import configs
 from t2i_jax.errors import UserError
 from t2i_jax.methods.flow import FlowMethod
 from t2i_jax.methods.latent_ae import LatentAEMethod
-from t2i_jax.train import loop
 
 B, T, D = 4, 8, 50
 TINY = {"ae": {"channels": (8,), "latent_channels": 4, "num_res": 1},
@@ -398,48 +397,9 @@ def test_bad_model_kwargs_are_user_errors():
     FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict({"widht": 3})))
   with pytest.raises(UserError):
     FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict({"patch": 3})))
-  with pytest.raises(UserError, match="attention must be one of fused, flax"):
-    FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
-        {**TINY, "attention": "flash"})))
   with pytest.raises(UserError):
     LatentAEMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
         {"ae": {"chanels": (8,)}})))
-
-
-def test_flax_and_fused_attention_are_the_same_model(flow_setup):
-  """``attention="flax"`` (bit-exact reruns of older runs) and "fused" (the default): the
-  same param tree from the same key, the same loss and gradients to float rounding."""
-  _, params, frozen = flow_setup
-  method, flax_method = (FlowMethod.from_config(_config(
-      model_kwargs=ml_collections.ConfigDict({**TINY, "attention": kind})))
-      for kind in ("fused", "flax"))
-  assert method.model.attention == "fused" and flax_method.model.attention == "flax"
-  fresh = [m.init(jax.random.key(1), _batch()) for m in (method, flax_method)]
-  assert jax.tree.structure(fresh[0]) == jax.tree.structure(fresh[1])
-  for a, b in zip(*(jax.tree.leaves(f) for f in fresh)):
-    np.testing.assert_array_equal(a, b)
-  batch = _batch(seed=3)
-  out = [jax.value_and_grad(m.loss, has_aux=True)(params, batch, jax.random.key(5),
-                                                    jnp.int32(0), frozen)
-         for m in (method, flax_method)]
-  np.testing.assert_allclose(out[0][0][0], out[1][0][0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
-
-
-def test_runs_saved_before_the_attention_key_mean_flax_attention(tmp_path):
-  """A run saved before model_kwargs.attention existed ran flax's attention: it samples
-  with it, resumes with --config...attention=flax, and refuses "fused" in one line."""
-  c = configs.flow_config().stage2
-  assert c.model_kwargs.attention == "fused"  # new runs
-  saved = configs.to_json_dict(c)
-  del saved["model_kwargs"]["attention"]
-  assert FlowMethod.from_config(configs.from_json_dict(saved)).model.attention == "flax"
-  c.model_kwargs.attention = "flax"
-  loop._check_resumable(tmp_path, saved, c)  # resumes
-  c.model_kwargs.attention = "fused"
-  with pytest.raises(UserError, match="holds a run with another config.*'attention': 'fused'"):
-    loop._check_resumable(tmp_path, saved, c)
 
 
 def test_frozen_params_must_match_the_stage1_settings(ae_setup):

@@ -38,14 +38,6 @@ class Method:
   SAMPLE_OPTIONS: ClassVar[Mapping[str, str]] = {}
   # False for families that cannot draw an image from a caption (a first-stage autoencoder).
   GENERATES: ClassVar[bool] = True
-  # model_kwargs keys added after runs were saved, each with the value that reproduces
-  # those runs: a config without the key means it (``from_config``, resuming, sampling).
-  LEGACY_MODEL_KWARGS: ClassVar[Mapping[str, Any]] = {}
-
-  @classmethod
-  def with_legacy_model_kwargs(cls, model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``model_kwargs`` (a dict) with every missing ``LEGACY_MODEL_KWARGS`` key filled in."""
-    return {**cls.LEGACY_MODEL_KWARGS, **model_kwargs}
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Method":

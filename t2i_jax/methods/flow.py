@@ -27,7 +27,7 @@ training pairs of the stage-1 run's dataset (deterministic, so a resumed run get
 value). It travels in the frozen pytree: ``{"params": stage-1 params, "latent_scale": []}``.
 
 Settings (``config.model_kwargs``): ``FlowDiT`` fields (patch, width, depth, num_heads,
-mlp_ratio, text_layers, text_heads, out_conv, max_len, attention) at the top level, the stage-1 architecture
+mlp_ratio, text_layers, text_heads, max_len) at the top level, the stage-1 architecture
 under ``ae`` (as ``t2i_jax.methods.latent_ae`` reads it), plus ``latent_scale``,
 ``t_mean``, ``t_std``.
 """
@@ -55,7 +55,7 @@ Array = jax.Array
 
 SOLVERS = ("euler", "heun")
 _DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
-               "text_heads", "out_conv", "max_len", "attention")
+               "text_heads", "out_conv", "max_len")
 _OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
 # Training pairs whose stage-1 latents set the measured latent scale.
 _SCALE_PAIRS = 1000
@@ -85,9 +85,6 @@ class FlowMethod(Method):
       "steps": "sample_steps", "guidance": "sample_guidance", "solver": "sample_solver",
       "guidance_interval": "sample_guidance_interval"}
   GENERATES: ClassVar[bool] = True
-  # Runs saved before model_kwargs.attention existed ran flax's attention; so does a
-  # config without the key (configs.flow_config sets "fused").
-  LEGACY_MODEL_KWARGS: ClassVar[Mapping[str, Any]] = {"attention": "flax"}
 
   model: flow_dit_lib.FlowDiT = flow_dit_lib.FlowDiT()
   ae: latent_ae_lib.LatentAE = latent_ae_lib.LatentAE()
@@ -101,8 +98,7 @@ class FlowMethod(Method):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "FlowMethod":
     kw = config.model_kwargs
-    kw = cls.with_legacy_model_kwargs(
-        kw.to_dict() if isinstance(kw, ml_collections.ConfigDict) else kw)
+    kw = dict(kw.to_dict() if isinstance(kw, ml_collections.ConfigDict) else kw)
     unknown = sorted(set(kw) - set(_DIT_FIELDS) - set(_OWN_FIELDS))
     if unknown:
       raise UserError(f"Unknown flow model_kwargs {', '.join(unknown)}; known: "

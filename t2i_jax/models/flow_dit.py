@@ -15,9 +15,7 @@ caption's words (as in PixArt / SD3's text path):
     pooled vector ``null_pooled``. ``drop`` [B] bool swaps rows for it.
   * each block: adaLN-Zero on (time embedding + pooled caption): LayerNorm -> modulated
     self-attention over tokens (gated), LayerNorm -> cross-attention to the words (gated),
-    modulated MLP (gated); attention is ``attention.Attention`` (flax's params, projections
-    fused into one dot each: about 5% faster per step on CPU; ``attention="flax"`` runs
-    flax's own). Every gate starts at zero, so the net starts as the identity
+    modulated MLP (gated). Every gate starts at zero, so the net starts as the identity
     and the output layer (also zero) gives v = 0 at init.
   * final adaLN LayerNorm -> Dense(patch^2 * C) -> unpatchify: velocity, latent-shaped.
     With ``out_conv`` = F > 0 the Dense gives F features per latent pixel instead, and a
@@ -40,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i_jax.models import attention, words
+from t2i_jax.models import words
 from t2i_jax.models.cvae import as_sequence
 
 Array = jax.Array
@@ -96,7 +94,6 @@ class WordEncoder(nn.Module):
   num_heads: int = 4
   mlp_ratio: int = 2
   max_len: int = 32
-  attention: str = "fused"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -105,7 +102,7 @@ class WordEncoder(nn.Module):
         self, text, mask, width=self.width, num_layers=self.num_layers,
         num_heads=self.num_heads, max_len=self.max_len, dtype=self.dtype,
         mlp=lambda i, y: MLP(self.width, self.width * self.mlp_ratio, self.dtype,
-                             name=f"mlp{i}")(y), attention_kind=self.attention)
+                             name=f"mlp{i}")(y))
     m = mask[..., None].astype(x.dtype)
     pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
     pooled = nn.Dense(self.width, dtype=self.dtype, name="pool_out")(nn.silu(
@@ -119,7 +116,6 @@ class DiTBlock(nn.Module):
   width: int
   num_heads: int
   mlp_ratio: int = 4
-  attention: str = "fused"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -129,11 +125,13 @@ class DiTBlock(nn.Module):
     (sh_a, sc_a, g_a, sh_c, sc_c, g_c, sh_m, sc_m, g_m) = jnp.split(mods, 9, axis=-1)
     ln = functools.partial(nn.LayerNorm, use_scale=False, use_bias=False, dtype=self.dtype)
     y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
-    y = attention.multi_head(self.attention, self.num_heads, self.dtype, "self_attn")(y)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        name="self_attn")(y, y)
     x = x + g_a[:, None] * y
     y = modulate(ln(name="ln_cross")(x), sh_c, sc_c)
     b, n, _ = x.shape
-    y = attention.multi_head(self.attention, self.num_heads, self.dtype, "cross_attn")(
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        name="cross_attn")(
         y, words, mask=nn.make_attention_mask(jnp.ones((b, n), bool), word_mask))
     x = x + g_c[:, None] * y
     y = modulate(ln(name="ln_mlp")(x), sh_m, sc_m)
@@ -151,9 +149,6 @@ class FlowDiT(nn.Module):
     text_layers: Self-attention blocks over the words before cross-attention (0 = none).
     out_conv: Channels of the 3x3 conv head on the unpatchified output (0 = none).
     max_len: Size of the word position table (the longest caption it reads).
-    attention: "fused" (``attention.Attention``: projections fused, faster on CPU) or
-      "flax" (``nn.MultiHeadDotProductAttention``): the same params, so a checkpoint loads
-      under either; "flax" reruns a run made before the fused projections bit for bit.
   """
 
   latent_shape: tuple[int, int, int] = (16, 16, 4)
@@ -166,7 +161,6 @@ class FlowDiT(nn.Module):
   text_heads: int = 4
   out_conv: int = 0
   max_len: int = 32
-  attention: str = "fused"
   dtype: Any = jnp.float32
 
   @property
@@ -179,8 +173,7 @@ class FlowDiT(nn.Module):
     if h % self.patch or w % self.patch:
       raise ValueError(f"patch {self.patch} does not divide the latent {h}x{w}")
     self.word_encoder = WordEncoder(self.width, self.text_layers, self.text_heads,
-                                    max_len=self.max_len, attention=self.attention,
-                                    dtype=self.dtype)
+                                    max_len=self.max_len, dtype=self.dtype)
     self.null_word = self.param("null_word", nn.initializers.normal(0.02), (self.width,))
     self.null_pooled = self.param("null_pooled", nn.initializers.normal(0.02), (self.width,))
     self.patch_embed = nn.Dense(self.width, dtype=self.dtype)
@@ -188,8 +181,8 @@ class FlowDiT(nn.Module):
                                 (self.num_tokens, self.width))
     self.time_in = nn.Dense(self.width, dtype=self.dtype)
     self.time_out = nn.Dense(self.width, dtype=self.dtype)
-    self.blocks = [DiTBlock(self.width, self.num_heads, self.mlp_ratio, self.attention,
-                            self.dtype, name=f"block{i}") for i in range(self.depth)]
+    self.blocks = [DiTBlock(self.width, self.num_heads, self.mlp_ratio, self.dtype,
+                            name=f"block{i}") for i in range(self.depth)]
     self.final_mod = nn.Dense(2 * self.width, dtype=self.dtype,
                               kernel_init=nn.initializers.zeros)
     self.final_ln = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)
@@ -260,9 +253,6 @@ def flow_dit(**overrides: Any) -> FlowDiT:
   """A FlowDiT with its defaults; ``overrides`` change any attribute."""
   if "latent_shape" in overrides:
     overrides["latent_shape"] = tuple(int(v) for v in overrides["latent_shape"])
-  kind = overrides.get("attention", "fused")
-  if kind not in attention.KINDS:
-    raise ValueError(f"attention must be one of {', '.join(attention.KINDS)}, got {kind!r}")
   return FlowDiT(**overrides)
 
 

@@ -15,22 +15,16 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from t2i_jax.models import attention
-
 Array = jax.Array
 
 
 def contextual_words(module: nn.Module, text: Array, mask: Array, *, width: int,
                      num_layers: int, num_heads: int, max_len: int, dtype: Any,
-                     mlp: Callable[[int, Array], Array], attention_kind: str = "flax") -> Array:
+                     mlp: Callable[[int, Array], Array]) -> Array:
   """GloVe words [B, T, D] + bool mask [B, T] -> contextual words [B, T, width] (final LN).
 
   ``mlp(i, x)`` is block ``i``'s MLP (the caller names its layers); ``module`` owns the
-  positional table. ``attention_kind`` "fused" runs the self-attention as
-  ``attention.Attention`` (query, key and value in one dot: faster on CPU, the same params;
-  the flow family's default), "flax" as flax's ``MultiHeadDotProductAttention`` (the CVAE:
-  its recorded runs stay bit-exact).
-  Raises ValueError when T exceeds ``max_len``.
+  positional table. Raises ValueError when T exceeds ``max_len``.
   """
   t = text.shape[1]
   if t > max_len:
@@ -44,7 +38,8 @@ def contextual_words(module: nn.Module, text: Array, mask: Array, *, width: int,
   attn_mask = nn.make_attention_mask(mask, mask)
   for i in range(num_layers):
     y = nn.LayerNorm(dtype=dtype, name=f"ln_attn{i}")(x)
-    y = attention.multi_head(attention_kind, num_heads, dtype, f"attn{i}")(y, mask=attn_mask)
+    y = nn.MultiHeadDotProductAttention(num_heads=num_heads, dtype=dtype,
+                                        name=f"attn{i}")(y, y, mask=attn_mask)
     x = x + y
     x = x + mlp(i, nn.LayerNorm(dtype=dtype, name=f"ln_mlp{i}")(x))
   return nn.LayerNorm(dtype=dtype, name="ln_out")(x)

@@ -158,12 +158,6 @@ def ensure_writable(workdir: Path) -> None:
 
 def _check_resumable(workdir: Path, saved: Mapping[str, Any], config) -> None:
   new = configs.to_json_dict(config)
-  # A model_kwargs key the family added after the run was saved counts as the value that
-  # reproduces the run (Method.LEGACY_MODEL_KWARGS).
-  if saved.get("model") == new.get("model"):
-    family = methods.method_class(config.model)
-    saved, new = ({**d, "model_kwargs": family.with_legacy_model_kwargs(d["model_kwargs"])}
-                  if isinstance(d.get("model_kwargs"), Mapping) else d for d in (saved, new))
   # A key added to base_config after the run was saved counts as its default.
   defaults = configs.to_json_dict(configs.base_config())
   diffs = [f"{k}: {saved.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
