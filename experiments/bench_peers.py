@@ -44,9 +44,9 @@ gradient): no step of this model can beat it, whatever the framework.
 The flow family's stage-2 step is timed too, for each experiment named in ``flow``
 (``experiments.flow_shapes``: one text layer, the default run on shapes;
 ``experiments.flow_flickr8k``: ``configs.flow_config``'s two text layers over up to 24
-words, as the data give them), at its default CPU batch, as the trainer runs it (``steps_per_scan`` steps per
-jitted call), and put against the sgemm rate, with XLA's FLOP count of one step compiled
-on its own.
+words, as the data give them), at its default CPU batch, as the trainer runs it
+(``steps_per_scan`` steps per jitted call), and put against the sgemm rate, with XLA's FLOP
+count of one step compiled on its own.
 The last line is JSON.
 """
 
