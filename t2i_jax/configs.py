@@ -62,10 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer_kwargs = ml_collections.ConfigDict()
   c.learning_rate = 1e-3
   c.warmup_steps = 0  # linear learning-rate warm-up over this many steps (0 = none)
-  # After the warm-up: 'constant', or 'cosine' down to lr * lr_final_fraction at step
-  # lr_decay_steps (warm-up included; constant after it; usually the run's max_steps).
-  # Measured no better for the flow family on shapes (README, experiments.flow_shapes).
-  c.lr_schedule = "constant"  # constant | cosine
+  # After the warm-up: 'constant'; 'cosine' down to lr * lr_final_fraction at step
+  # lr_decay_steps (warm-up included; constant after it; usually the run's max_steps),
+  # measured no better for the flow family on shapes (README, experiments.flow_shapes); or
+  # 'wsd' (warm-up, stable, decay): constant until lr_decay_start, then linear down to
+  # lr * lr_final_fraction at lr_decay_steps, then constant.
+  c.lr_schedule = "constant"  # constant | cosine | wsd
+  c.lr_decay_start = 0
   c.lr_decay_steps = 0
   c.lr_final_fraction = 0.0
   c.grad_clip_norm = 0.0  # clip gradients to this global norm (0 = off)

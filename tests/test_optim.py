@@ -106,13 +106,23 @@ def test_cosine_schedule_warms_up_decays_to_the_final_fraction_then_holds():
   np.testing.assert_allclose(sizes[10:], 1e-3, rtol=1e-4)  # lr * final_fraction, held
 
 
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_the_final_fraction():
+  sizes = _step_sizes(_adam_config(lr_schedule="wsd", lr_decay_start=5, lr_decay_steps=9,
+                                   lr_final_fraction=0.2), 12)
+  np.testing.assert_allclose(sizes[:5], [0.0, 5e-3, 1e-2, 1e-2, 1e-2], rtol=1e-4)
+  np.testing.assert_allclose(sizes[5:10], [1e-2, 8e-3, 6e-3, 4e-3, 2e-3], rtol=1e-4)
+  np.testing.assert_allclose(sizes[10:], 2e-3, rtol=1e-4)  # lr * final_fraction, held
+
+
 def test_constant_schedule_is_the_default():
   sizes = _step_sizes(_adam_config(), 6)
   np.testing.assert_allclose(sizes, [0.0, 5e-3, 1e-2, 1e-2, 1e-2, 1e-2], rtol=1e-4)
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine, wsd"),
+    ({"lr_schedule": "wsd", "lr_decay_steps": 9}, "wsd needs warmup_steps <="),
+    ({"lr_schedule": "wsd", "lr_decay_start": 9, "lr_decay_steps": 9}, "wsd needs"),
     ({"lr_schedule": "cosine"}, "needs --config.lr_decay_steps"),
     ({"lr_schedule": "cosine", "lr_decay_steps": 2}, "needs --config.lr_decay_steps"),
     ({"lr_final_fraction": 1.5}, "lr_final_fraction must be in"),

@@ -46,7 +46,7 @@ RESUMABLE_KEYS = frozenset({
 })
 
 PRECISIONS = ("float32", "bfloat16")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 DATA_ON_DEVICE = ("auto", "always", "never")
 NONFINITE_MODES = ("stop", "skip")
 
@@ -122,6 +122,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"--config.lr_schedule=cosine needs --config.lr_decay_steps (the step it "
                     f"ends at, usually max_steps) above warmup_steps ({config.warmup_steps}), "
                     f"got {config.lr_decay_steps}.")
+  if config.lr_schedule == "wsd" and not (
+      config.warmup_steps <= config.lr_decay_start < config.lr_decay_steps):
+    raise UserError(f"--config.lr_schedule=wsd needs warmup_steps <= --config.lr_decay_start "
+                    f"< --config.lr_decay_steps (the steps its linear decay starts and ends "
+                    f"at), got {config.warmup_steps}, {config.lr_decay_start}, "
+                    f"{config.lr_decay_steps}.")
   if not 0.0 <= float(config.lr_final_fraction) <= 1.0:
     raise UserError("--config.lr_final_fraction must be in [0, 1], got "
                     f"{config.lr_final_fraction}.")

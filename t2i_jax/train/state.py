@@ -73,12 +73,19 @@ class TrainState(struct.PyTreeNode):
 @functools.lru_cache(maxsize=32)
 def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...],
                warmup_steps: int, grad_clip_norm: float, schedule: str, decay_steps: int,
-               final_fraction: float):
+               final_fraction: float, decay_start: int = 0):
   """One optax transformation per setting, so equal configs give equal (cache-hitting) states."""
   lr = learning_rate
   if schedule == "cosine":  # linear warm-up, cosine to lr * final_fraction, then constant
     lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, decay_steps,
                                             end_value=learning_rate * final_fraction)
+  elif schedule == "wsd":  # linear warm-up, constant, linear to lr * final_fraction, constant
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, warmup_steps),
+         optax.constant_schedule(learning_rate),
+         optax.linear_schedule(learning_rate, learning_rate * final_fraction,
+                               decay_steps - decay_start)],
+        [warmup_steps, decay_start])
   elif warmup_steps > 0:  # linear from 0 to the learning rate, then constant
     lr = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
   tx = optim.make_optimizer(name, lr, **dict(kwargs))
@@ -94,7 +101,7 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
   return _optimizer(config.optimizer, float(config.learning_rate), tuple(sorted(kwargs.items())),
                     int(config.warmup_steps), float(config.grad_clip_norm),
                     str(config.lr_schedule), int(config.lr_decay_steps),
-                    float(config.lr_final_fraction))
+                    float(config.lr_final_fraction), int(config.lr_decay_start))
 
 
 def image_to_float(image: jax.typing.ArrayLike) -> jax.Array:
