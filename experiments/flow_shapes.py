@@ -98,7 +98,8 @@ def get_config():
   # 0.144 at 7,000). At this budget the runs are short of steps, not noisy at the end.
   # A higher constant rate (2e-3) lowered v_mse (0.134) but followed captions far worse
   # (23.0% all stated right; caption_gain 0.029 against 0.042); half of it (5e-4) is as
-  # bad (44.0% / 37.2% / relations 34% at 9,000 steps): 1e-3 stays. A linear cool-down over
+  # bad (44.0% / 37.2% / relations 34% at 9,000 steps), and 1.4e-3 loses the relations
+  # (63.7% / 61.5% / relations 46%): 1e-3 stays. A linear cool-down over
   # the last 30% (lr_schedule=wsd) gives 64.9% / 59.9% / 75%: nothing on top of the EMA.
   # Batch 128: batch 256 for the same examples and time gives 49.2% / 44.1% / 36%.
   return c
