@@ -73,7 +73,7 @@ class TrainState(struct.PyTreeNode):
 @functools.lru_cache(maxsize=32)
 def _optimizer(name: str, learning_rate: float, kwargs: tuple[tuple[str, Any], ...],
                warmup_steps: int, grad_clip_norm: float, schedule: str, decay_steps: int,
-               final_fraction: float, decay_start: int = 0):
+               final_fraction: float, decay_start: int):
   """One optax transformation per setting, so equal configs give equal (cache-hitting) states."""
   lr = learning_rate
   if schedule == "cosine":  # linear warm-up, cosine to lr * final_fraction, then constant
