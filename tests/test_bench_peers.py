@@ -49,7 +49,7 @@ def test_step_flops_count_one_step_whatever_the_steps_per_call():
   state = train.create_train_state(config, jax.random.key(0), batch)
   key = jax.random.key(1)
   flops = bench_peers.compiled_step_flops(state, batch, key)
-  one = step_lib._train_chunk_jit.lower(  # pylint: disable=protected-access
+  one = step_lib._jit_for_backend(step_lib._train_chunk).lower(  # pylint: disable=protected-access
       state, jax.tree.map(lambda x: x[None], batch), key, np.int32(1),
       skip_nonfinite=False).compile().cost_analysis()
   one = float((one[0] if isinstance(one, (list, tuple)) else one)["flops"])
