@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_temperature = 1.0  # default for t2i sample/evaluate: prior std scale (CVAE)
   c.obs_sigma = 0.1  # decoder scale of the reported negative ELBO (losses.negative_elbo)
   # Optimisation.
-  c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam
+  c.optimizer = "rmsprop"  # rmsprop (Keras-matching) | adam | adamw | muon (optim.py)
   c.optimizer_kwargs = ml_collections.ConfigDict()
   c.learning_rate = 1e-3
   c.warmup_steps = 0  # linear learning-rate warm-up over this many steps (0 = none)

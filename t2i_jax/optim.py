@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
+from optax.contrib import MuonDimensionNumbers, muon
 
 from t2i_jax.errors import UserError
 
@@ -34,7 +36,40 @@ def keras_rmsprop(
   )
 
 
-OPTIMIZERS = ("rmsprop", "adam", "adamw")
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "muon")
+
+
+def muon_dimensions(params: Any) -> Any:
+  """Which params Muon orthogonalises, and along which axes; None sends a leaf to AdamW.
+
+  Every Dense kernel (2-D: inputs x outputs) and flax attention's 3-D kernels: query,
+  key and value are [features, heads, head_dim] (heads x head_dim the output), ``out`` is
+  [heads, head_dim, features]. Biases, norms, embeddings and conv kernels go to AdamW.
+  """
+  def spec(path, leaf):
+    names = [str(getattr(k, "key", k)) for k in path]
+    if names[-1] != "kernel" or leaf.ndim not in (2, 3):
+      return None
+    if leaf.ndim == 2:
+      return MuonDimensionNumbers(0, 1)
+    if names[-2] == "out":
+      return MuonDimensionNumbers((0, 1), 2)
+    return MuonDimensionNumbers(0, (1, 2))
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+              weight_decay: float = 1e-4, consistent_rms: float = 0.2,
+              **kwargs: Any) -> optax.GradientTransformation:
+  """Muon (optax.contrib) on the weight matrices, AdamW (b1, b2) on the other params.
+
+  ``consistent_rms=0.2`` scales each orthogonalised update to AdamW's typical RMS
+  (Moonlight, Liu et al. 2025), so the AdamW learning rate and weight decay carry over
+  unchanged; ``b1`` / ``b2`` name the AdamW half as they do for 'adamw'.
+  """
+  return muon(learning_rate, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
+              adam_weight_decay=weight_decay, consistent_rms=consistent_rms,
+              muon_weight_dimension_numbers=muon_dimensions, **kwargs)
 
 
 def make_optimizer(
@@ -50,4 +85,6 @@ def make_optimizer(
     return optax.adam(learning_rate, **kwargs)
   if name == "adamw":
     return optax.adamw(learning_rate, **kwargs)
+  if name == "muon":
+    return make_muon(learning_rate, **kwargs)
   raise UserError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")

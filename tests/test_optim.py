@@ -3,6 +3,7 @@
 import numpy as np
 import optax
 import pytest
+import jax
 import jax.numpy as jnp
 
 from t2i_jax import optim
@@ -72,6 +73,44 @@ def test_make_optimizer():
       _run_optax(optax.adam(1e-3), w, grads), atol=0)
   with pytest.raises(UserError, match="Unknown optimizer"):
     optim.make_optimizer("sgd", 1e-3)
+
+
+def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
+  """Muon's first update of a kernel has near-equal singular values (the gradient's span
+  a factor 100); 3-D attention kernels are matrices over (in) x (heads, head_dim) and
+  (heads, head_dim) x (out); biases and embeddings get AdamW's update."""
+  rng = np.random.default_rng(0)
+  params = {"fc": {"kernel": jnp.zeros((8, 6)), "bias": jnp.zeros((6,))},
+            "attn": {"query": {"kernel": jnp.zeros((8, 2, 3))},
+                     "out": {"kernel": jnp.zeros((2, 3, 8))}},
+            "pos_embedding": jnp.zeros((4, 8))}
+  dims = optim.muon_dimensions(params)
+  assert dims["fc"]["kernel"] == optim.MuonDimensionNumbers(0, 1)
+  assert dims["attn"]["query"]["kernel"] == optim.MuonDimensionNumbers(0, (1, 2))
+  assert dims["attn"]["out"]["kernel"] == optim.MuonDimensionNumbers((0, 1), 2)
+  assert dims["fc"]["bias"] is None and dims["pos_embedding"] is None
+  u, _, vt = np.linalg.svd(rng.normal(size=(8, 6)), full_matrices=False)
+  grad_fc = (u * np.array([100.0, 30, 10, 3, 1, 1])) @ vt  # singular values 100 .. 1
+  grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+  grads["fc"]["kernel"] = jnp.asarray(grad_fc, jnp.float32)
+  tx = optim.make_optimizer("muon", 1e-2, b2=0.99)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  s_grad = np.linalg.svd(grad_fc, compute_uv=False)
+  s_upd = np.linalg.svd(np.asarray(updates["fc"]["kernel"]), compute_uv=False)
+  assert s_grad[0] / s_grad[-1] == pytest.approx(100.0, rel=1e-3)
+  assert s_upd[0] / s_upd[-1] < 2.0  # Newton-Schulz: all directions move about as much
+  # The 3-D kernels are orthogonalised as the matrices they act as.
+  for name, shape in (("query", (8, 6)), ("out", (6, 8))):
+    s_attn = np.linalg.svd(np.asarray(updates["attn"][name]["kernel"]).reshape(shape),
+                           compute_uv=False)
+    assert s_attn[0] / s_attn[-1] < 2.0
+  # The other leaves get exactly (Nesterov) AdamW's update, with the same b2.
+  adamw = optax.adamw(1e-2, b2=0.99, weight_decay=1e-4, nesterov=True)
+  rest = {"bias": params["fc"]["bias"], "pos": params["pos_embedding"]}
+  expected, _ = adamw.update({"bias": grads["fc"]["bias"], "pos": grads["pos_embedding"]},
+                             adamw.init(rest), rest)
+  np.testing.assert_allclose(updates["fc"]["bias"], expected["bias"], rtol=1e-6)
+  np.testing.assert_allclose(updates["pos_embedding"], expected["pos"], rtol=1e-6)
 
 
 def _step_sizes(config, num_steps):
