@@ -25,25 +25,32 @@ def get_config():
   loss MSE + 1e-4 x KL per latent dim, Adam 2e-3 (100 warm-up steps), batch 64, 1,000 steps.
   Stage 2: FlowDiT, 16 tokens (patch 4) of width 128, depth 4, one self-attention layer
   over the words, adaLN on time + pooled caption, cross-attention to the words; t =
-  sigmoid(N(0.5, 1)) (t = 1 is noise), 10% caption dropout; AdamW 1e-3 (b2 0.99, 200
-  warm-up steps, clip 1), batch 128, 4 steps per jitted call, 9,000 steps, EMA 0.999
-  (warmed up); sampling Euler, 20 steps, guidance 7.
+  sigmoid(N(0.5, 1)) (t = 1 is noise), 10% caption dropout; Muon on the weight matrices
+  and AdamW on the rest (1e-3, AdamW's b2 0.99, 200 warm-up steps, clip 1), batch 128,
+  4 steps per jitted call, 7,000 steps, EMA 0.999 (warmed up); sampling Euler, 20
+  steps, guidance 7.
 
-  Expected result (measured, seed 0, idle 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
+  Expected result (measured, seed 0, 2-core AMD EPYC VM, 2026-12-04; t2i evaluate,
   1,000 captions per split, 3 seeds; EMA, Euler 20 steps): stage 1 test PSNR 29.9 dB, its
   reconstructions read back with every stated attribute right in 91.4% of test images
-  (shape 94.1%). Stage 2 at 9,000 steps, guidance 7: all stated right 66.4% +- 1.3% test,
-  62.2% +- 0.4% compositional, relations 75%, shapes 78%, counts 90% (step 5,000: 46.0% /
-  41.8% / 39%). Targets (95% / 80% / relations 90%) missed by 29 / 18 / 15 points.
-  Run on to 12,000 steps (--config.stage2.max_steps=12000: the run resumes; 12.4 min
-  more): 72.7% +- 1.7% / 67.7% +- 1.2% / relations 87%, but about 68 min in all at the
-  VM's slow hour, so the default stops at 9,000.
+  (shape 94.1%). Stage 2 at 7,000 steps, guidance 7: all stated right 69.2% +- 0.9% test,
+  66.4% +- 0.5% compositional, relations 76%, shapes 81%, counts 91%. Targets (95% / 80%
+  / relations 90%) missed by 26 / 14 / 14 points. Run on to 9,000 steps
+  (--config.stage2.max_steps=9000: the run resumes): 75.4% +- 1.1% / 73.3% +- 0.4% /
+  relations 82%, about 43 min in all at a fast hour but about 62 at the VM's slow hour,
+  so the default stops at 7,000.
   Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
-  /usr/bin/time: 37.1 min (preparing 81.5 s, stage 1 161 s, stage 2 32.4 min at about 4.6
-  steps/s with its evals; peak RSS 4.2 GB), in a fast hour of the VM; about 53 min scaled
-  to its slow hour (stage 1 307 s, stage 2 1.40x slower). Its final params are bitwise
-  those of the stopped-and-resumed run that gave the numbers above.
-  With two text layers (flow_config's), the same otherwise: 48.6%
+  /usr/bin/time: 34.2 min (preparing 72.4 s, stage 1 138 s, stage 2 30.6 min at about
+  4.1-4.2 steps/s with its evals; peak RSS 4.4 GB), in a fast hour of the idle VM
+  (2026-12-05); about 50 min scaled to its slow hour (stage 1 307 s, stage 2 1.40x
+  slower). Its step-7,000 params are bitwise those of the run that gave the numbers above.
+  With AdamW (--config.stage2.optimizer=adamw; the default before) at 9,000 steps, the
+  same wall time: 66.4% +- 1.3% / 62.2% +- 0.4% / relations 75%, shapes 78%, counts 90%
+  (step 5,000: 46.0% / 41.8% / 39%); run on to 12,000 steps: 72.7% +- 1.7% / 67.7% +-
+  1.2% / relations 87%. That command took 37.1 min cold (preparing 81.5 s, stage 1 161 s,
+  stage 2 32.4 min at about 4.6 steps/s with its evals; peak RSS 4.2 GB) in a fast hour
+  of the VM; about 53 min scaled to its slow hour (stage 1 307 s, stage 2 1.40x slower).
+  With two text layers (flow_config's; AdamW, 9,000 steps), the same otherwise: 48.6%
   +- 0.8% test, 44.2% +- 1.3% compositional, relations 35%, shapes 67%, cells 98%;
   open_cell_diversity 100%; in-loop test v_mse 0.128, caption_gain 0.061 (step 8,500:
   47.3% / 43.7% / 36%; step 7,000: 45.0% / 39.4% / 33%). The previous default (7,000 steps, one per call, the same hour):

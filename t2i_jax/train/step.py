@@ -181,7 +181,8 @@ def _train_chunk(state: TrainState, batches: Batch, rng: jax.Array,
 # XLA:CPU's default copy insertion keeps a copy of every carried param inside the loop
 # body (it cannot order the backward pass's last read of a weight before the update that
 # overwrites it); its region analysis proves the copy unneeded. Model 1 at batch 1 (a
-# memory-bound step): 1.2x faster, the same bits (experiments.bench_peers; README).
+# memory-bound step): 1.19x faster in an interleaved probe on a shared CPU, 7.9 -> 5.0
+# ms/step in experiments.bench_peers on the idle VM; the same bits (README, Benchmarks).
 _CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
