@@ -79,12 +79,12 @@ def make_optimizer(
 
   ``kwargs`` go to ``keras_rmsprop`` (rho, eps) or ``optax.adam`` (b1, b2, eps, ...).
   """
-  if name == "rmsprop":
-    return keras_rmsprop(learning_rate, **kwargs)
-  if name == "adam":
-    return optax.adam(learning_rate, **kwargs)
-  if name == "adamw":
-    return optax.adamw(learning_rate, **kwargs)
-  if name == "muon":
-    return make_muon(learning_rate, **kwargs)
-  raise UserError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
+  builders = {"rmsprop": keras_rmsprop, "adam": optax.adam, "adamw": optax.adamw,
+              "muon": make_muon}
+  if name not in builders:
+    raise UserError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
+  try:
+    return builders[name](learning_rate, **kwargs)
+  except TypeError as e:  # a misspelt or foreign key in config.optimizer_kwargs
+    raise UserError(f"optimizer_kwargs {sorted(kwargs)} do not fit optimizer {name!r} ({e}); "
+                    "fix or drop the --config.optimizer_kwargs.KEY override.") from e

@@ -73,6 +73,11 @@ def test_make_optimizer():
       _run_optax(optax.adam(1e-3), w, grads), atol=0)
   with pytest.raises(UserError, match="Unknown optimizer"):
     optim.make_optimizer("sgd", 1e-3)
+  # adamw's b2 is Muon's adam_b2 inside optax; here 'b2' reaches both, a typo neither.
+  optim.make_optimizer("muon", 1e-3, b2=0.99)
+  for name in ("adamw", "muon"):
+    with pytest.raises(UserError, match=f"do not fit optimizer '{name}'.*optimizer_kwargs"):
+      optim.make_optimizer(name, 1e-3, b3=0.99)
 
 
 def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
