@@ -36,9 +36,6 @@ def keras_rmsprop(
   )
 
 
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "muon")
-
-
 def muon_dimensions(params: Any) -> Any:
   """Which params Muon orthogonalises, and along which axes; None sends a leaf to AdamW.
 
@@ -72,19 +69,25 @@ def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float 
               muon_weight_dimension_numbers=muon_dimensions, **kwargs)
 
 
+# The optimisers by name; each takes (learning_rate, **config.optimizer_kwargs).
+_BUILDERS = {"rmsprop": keras_rmsprop, "adam": optax.adam, "adamw": optax.adamw,
+             "muon": make_muon}
+OPTIMIZERS = tuple(_BUILDERS)
+
+
 def make_optimizer(
     name: str = "rmsprop", learning_rate: optax.ScalarOrSchedule = 1e-3, **kwargs: Any
 ) -> optax.GradientTransformation:
-  """Builds an optimiser by name: 'rmsprop' (Keras-matching, the paper's) or 'adam'.
+  """Builds an optimiser by name: 'rmsprop' (Keras-matching, the paper's), 'adam', 'adamw'
+  or 'muon' (``make_muon``).
 
-  ``kwargs`` go to ``keras_rmsprop`` (rho, eps) or ``optax.adam`` (b1, b2, eps, ...).
+  ``kwargs`` go to the builder: ``keras_rmsprop`` (rho, eps), ``optax.adam`` /
+  ``optax.adamw`` (b1, b2, eps, ...) or ``make_muon`` (b1, b2, weight_decay, ...).
   """
-  builders = {"rmsprop": keras_rmsprop, "adam": optax.adam, "adamw": optax.adamw,
-              "muon": make_muon}
-  if name not in builders:
+  if name not in _BUILDERS:
     raise UserError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
   try:
-    return builders[name](learning_rate, **kwargs)
+    return _BUILDERS[name](learning_rate, **kwargs)
   except TypeError as e:  # a misspelt or foreign key in config.optimizer_kwargs
     raise UserError(f"optimizer_kwargs {sorted(kwargs)} do not fit optimizer {name!r} ({e}); "
                     "fix or drop the --config.optimizer_kwargs.KEY override.") from e
