@@ -57,16 +57,28 @@ def muon_dimensions(params: Any) -> Any:
 
 def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
               weight_decay: float = 1e-4, consistent_rms: float = 0.2,
-              **kwargs: Any) -> optax.GradientTransformation:
+              matrix_lr_scale: float = 1.0, **kwargs: Any) -> optax.GradientTransformation:
   """Muon (optax.contrib) on the weight matrices, AdamW (b1, b2) on the other params.
 
   ``consistent_rms=0.2`` scales each orthogonalised update to AdamW's typical RMS
   (Moonlight, Liu et al. 2025), so the AdamW learning rate and weight decay carry over
   unchanged; ``b1`` / ``b2`` name the AdamW half as they do for 'adamw'.
+  ``matrix_lr_scale`` multiplies the Muon half's rate (warm-up and schedule included)
+  and leaves the AdamW half at ``learning_rate``: orthogonalised updates often tolerate
+  a higher rate than the embeddings and norms do.
   """
+  adam_lr = None
+  if matrix_lr_scale != 1.0:
+    adam_lr = learning_rate
+    if callable(learning_rate):
+      schedule = learning_rate
+      learning_rate = lambda step: matrix_lr_scale * schedule(step)
+    else:
+      learning_rate = matrix_lr_scale * learning_rate
   return muon(learning_rate, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
               adam_weight_decay=weight_decay, consistent_rms=consistent_rms,
-              muon_weight_dimension_numbers=muon_dimensions, **kwargs)
+              adam_learning_rate=adam_lr, muon_weight_dimension_numbers=muon_dimensions,
+              **kwargs)
 
 
 # The optimisers by name; each takes (learning_rate, **config.optimizer_kwargs).

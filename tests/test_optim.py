@@ -118,6 +118,24 @@ def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
   np.testing.assert_allclose(updates["pos_embedding"], expected["pos"], rtol=1e-6)
 
 
+def test_muon_matrix_lr_scale_moves_only_the_matrices_with_the_schedule():
+  """matrix_lr_scale=3 triples the kernels' updates at every step of a warm-up schedule
+  and leaves the AdamW half's updates exactly as at scale 1."""
+  rng = np.random.default_rng(1)
+  params = {"fc": {"kernel": jnp.zeros((8, 6)), "bias": jnp.zeros((6,))}}
+  schedule = optax.linear_schedule(0.0, 1e-2, 4)
+  plain, scaled = (optim.make_optimizer("muon", schedule, matrix_lr_scale=k) for k in (1.0, 3.0))
+  s_plain, s_scaled = plain.init(params), scaled.init(params)
+  for _ in range(3):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    u_plain, s_plain = plain.update(grads, s_plain, params)
+    u_scaled, s_scaled = scaled.update(grads, s_scaled, params)
+    np.testing.assert_allclose(u_scaled["fc"]["kernel"], 3.0 * u_plain["fc"]["kernel"],
+                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(u_scaled["fc"]["bias"], u_plain["fc"]["bias"])
+  assert float(jnp.abs(u_plain["fc"]["kernel"]).max()) > 0  # past the warm-up's zero
+
+
 def _step_sizes(config, num_steps):
   """|update| per step for a constant gradient under Adam: exactly the learning rate then."""
   from t2i_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
