@@ -62,13 +62,13 @@ def _cmd_sample(args) -> None:
   n = args.n if args.n is not None else (1 if args.mean else 8)
   print(sample.sample_grid(args.workdir, args.captions, n=n, seed=args.seed, out=args.out,
                            npz=args.npz, sample_latent=False if args.mean else None,
-                           **_sample_options(args)))
+                           step=args.step, **_sample_options(args)))
 
 
 def _cmd_compare(args) -> None:
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   path, ref = sample.compare_grid(args.workdir, num=args.num, n=args.n, seed=args.seed,
-                                  out=args.out, data_dir=args.data_dir)
+                                  out=args.out, data_dir=args.data_dir, step=args.step)
   print(f"the mean training image on all {ref['test_pairs']:,} test pairs (the collapse "
         f"reference): MSE {ref['mse']:.5f}, paper_accuracy {ref['paper_accuracy']:.3f}")
   print(path)
@@ -83,7 +83,8 @@ def _cmd_evaluate(args) -> None:
   from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
   report = evaluate.evaluate_run(args.workdir, out=args.out, num=args.num, seeds=args.seeds,
                                  baseline_workdir=args.baseline_workdir,
-                                 data_dir=args.data_dir, **_sample_options(args))
+                                 data_dir=args.data_dir, step=args.step,
+                                 **_sample_options(args))
   if args.long:
     print(evaluate.format_table(report["results"]))
   else:
@@ -94,7 +95,7 @@ def _cmd_evaluate(args) -> None:
 def _cmd_loss(args) -> None:
   from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
   report = evaluate.loss_metrics(args.workdir, split=args.split, data_dir=args.data_dir,
-                                 batch_size=args.batch_size, out=args.out)
+                                 batch_size=args.batch_size, out=args.out, step=args.step)
   print(f"{report['workdir']} step {report['step']}, {report['split']} split "
         f"({int(report['metrics']['num_examples']):,} pairs):")
   for name, value in report["metrics"].items():
@@ -124,6 +125,12 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
 def _sample_options(args) -> dict:
   return {"temperature": args.temperature, "guidance": args.guidance, "steps": args.steps,
           "solver": args.solver, "guidance_interval": args.guidance_interval}
+
+
+def _add_step(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--step", type=int, default=None,
+                      help="a kept checkpoint's step (default: the latest; a wrong one lists "
+                      "those kept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   ps = sub.add_parser("sample", help="a PNG grid of generated images for your captions")
   ps.add_argument("--workdir", required=True, help="a training run's folder")
+  _add_step(ps)
   ps.add_argument("captions", nargs="+", help="captions in quotes, one grid row each")
   ps.add_argument("-n", type=int, default=None, help="images per caption (default 8; "
                   "1 with --mean)")
@@ -180,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   pc = sub.add_parser("compare", help="test images beside samples from their captions")
   pc.add_argument("--workdir", required=True, help="a training run's folder")
+  _add_step(pc)
   pc.add_argument("--num", type=int, default=8, help="test pairs (rows)")
   pc.add_argument("-n", "--n", dest="n", type=int, default=4, help="samples per pair")
   pc.add_argument("--seed", type=int, default=0, help="picks the pairs and the samples")
@@ -198,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "Flickr8k: R-precision, FD_dual and KID_dual in a dual encoder's space. "
                       "Trains and caches the reader / encoder on first use.")
   pe.add_argument("--workdir", required=True, help="a training run's folder")
+  _add_step(pe)
   pe.add_argument("--out", help="JSON path (default: WORKDIR/eval/results.json)")
   pe.add_argument("--num", type=int, default=1000, help="test pairs scored per split")
   pe.add_argument("--seeds", type=int, default=3, help="generation seeds (mean and std)")
@@ -218,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "latest checkpoint (its EMA if kept), with the training loop's key: the "
                       "test split at the run's eval_batch_size gives its last in-loop numbers.")
   pm.add_argument("--workdir", required=True, help="a training run's folder")
+  _add_step(pm)
   pm.add_argument("--split", default="test", help="train, test, compositional (shapes) or "
                   "dev (Flickr8k, official split)")
   pm.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's "

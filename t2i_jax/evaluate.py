@@ -467,10 +467,13 @@ def _load_baselines(gen, workdirs, data_dir) -> list[_Baseline]:
 def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
                  num: int | None = DEFAULT_NUM, seeds: int = DEFAULT_SEEDS,
                  baseline_workdir: str | Path | Sequence[str | Path] | None = None,
-                 data_dir: str | None = None,
+                 data_dir: str | None = None, step: int | None = None,
                  reader=None, dual=None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
   """Scores the run in ``workdir``; writes the JSON (default W/eval/results.json) and grids.
+
+  ``step`` scores a kept checkpoint other than the latest; its JSON and grids then go to
+  W/eval/step_<step>/, beside the latest's.
 
   ``options`` are the family's sampling options (temperature, guidance, steps, ...; None or
   left out: the run's own); baselines sample at their own defaults.
@@ -484,11 +487,11 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
     raise UserError(f"--seeds must be at least 1, got {seeds}.")
   if num is not None and num < 1:
     raise UserError(f"--num must be at least 1, got {num}.")
-  gen = sample.load_generator(workdir, generating=False)
+  gen = sample.load_generator(workdir, generating=False, step=step)
   config = _override_data_dir(gen.config, data_dir)
   baselines = _load_baselines(gen, baseline_workdir, data_dir)
   common.host_only_tensorflow()
-  out_dir = gen.workdir / "eval"
+  out_dir = gen.workdir / "eval" / ("" if step is None else f"step_{step}")
   dataset = config.dataset
   options = sample.resolve_options(gen.method, gen.config, options) if gen.method.GENERATES else {}
   results, meta = evaluate_dataset(
@@ -511,19 +514,20 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
 
 def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | None = None,
                  batch_size: int | None = None, out: str | Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 step: int | None = None, progress: bool = True) -> dict[str, Any]:
   """The run's in-loop metrics over a whole split, on its latest params (the EMA if kept).
 
   The same evaluator and key as the training loop's at that step (``in_loop_eval``), so on
   the test split at the run's own ``eval_batch_size`` it recomputes the last in-loop numbers
   (of a run on one device: a mesh pads the loop's batches to a multiple of its devices);
   a run trained before a metric existed (the flow family's ``caption_gain``) gets it too.
-  Writes ``W/eval/loss_<split>.json`` (or ``out``); returns the report with its ``path``.
+  Writes ``W/eval/loss_<split>.json`` (or ``out``; ``step``, a kept checkpoint other than
+  the latest: ``loss_<split>_step<step>.json``); returns the report with its ``path``.
   """
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
   from t2i_jax.data import common, pipeline  # pylint: disable=import-outside-toplevel
   from t2i_jax.train import in_loop_eval  # pylint: disable=import-outside-toplevel
-  gen = sample.load_generator(workdir, generating=False)
+  gen = sample.load_generator(workdir, generating=False, step=step)
   config = _override_data_dir(gen.config, data_dir)
   size = int(config.eval_batch_size if batch_size is None else batch_size)
   if size < 1:
@@ -536,7 +540,8 @@ def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | No
                                   desc=f"{split} loss", progress=progress)
   report = {"workdir": str(gen.workdir), "step": gen.step, "split": split,
             "model": gen.config.model, "batch_size": size, "metrics": metrics}
-  path = Path(out).expanduser() if out else gen.workdir / "eval" / f"loss_{split}.json"
+  path = Path(out).expanduser() if out else gen.workdir / "eval" / (
+      f"loss_{split}.json" if step is None else f"loss_{split}_step{step}.json")
   sample.atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"),
                      path)
   report["path"] = str(path)

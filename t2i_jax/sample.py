@@ -68,8 +68,10 @@ class Generator:
     return self.method.default_options(self.config)
 
 
-def load_generator(workdir: str | Path, generating: bool = True) -> Generator:
-  """The latest checkpoint of ``workdir`` with its method, caption spec and GloVe vectors.
+def load_generator(workdir: str | Path, generating: bool = True,
+                   step: int | None = None) -> Generator:
+  """The latest checkpoint of ``workdir`` (or the one at ``step``) with its method, caption
+  spec and GloVe vectors.
 
   ``generating`` False also loads runs of families that draw nothing from captions (a first
   stage), for ``reconstruct``.
@@ -85,7 +87,7 @@ def load_generator(workdir: str | Path, generating: bool = True) -> Generator:
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)  # Orbax notes that a read-only reader is read-only
   try:
-    config, params, step = checkpoint_lib.restore_for_inference(path)
+    config, params, step = checkpoint_lib.restore_for_inference(path, step)
     frozen = checkpoint_lib.load_frozen(path)
   finally:
     absl_logger.setLevel(level)
@@ -409,13 +411,14 @@ def default_sample_path(gen: Generator) -> Path:
 
 def sample_grid(workdir: str | Path, captions: Sequence[str], *, n: int = 8, seed: int = 0,
                 out: str | Path | None = None, npz: str | Path | None = None,
-                **options: Any) -> Path:
+                step: int | None = None, **options: Any) -> Path:
   """``t2i sample``: one row per caption, ``n`` generated images each.
 
   ``npz`` also writes the images as uint8 [num_captions, n, 64, 64, 3] ('images'), with the
-  'captions', the 'seed', the 'step' and the sampling options, for scripts.
+  'captions', the 'seed', the 'step' and the sampling options, for scripts. ``step`` picks a
+  kept checkpoint (default: the latest).
   """
-  gen = load_generator(workdir)
+  gen = load_generator(workdir, step=step)
   text = encode_captions(gen, captions)
   resolved = resolve_options(gen.method, gen.config, options)
   images = draw(gen.method, gen.params, gen.frozen, text, n=n, seed=seed, options=resolved)
@@ -463,8 +466,8 @@ def collapse_reference(train, test) -> dict[str, float]:
 
 
 def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0,
-                 out: str | Path | None = None, data_dir: str | None = None
-                 ) -> tuple[Path, dict[str, float]]:
+                 out: str | Path | None = None, data_dir: str | None = None,
+                 step: int | None = None) -> tuple[Path, dict[str, float]]:
   """``t2i compare``: test pairs of the run's dataset, the real image beside ``n`` samples
   and the mean training image; returns the grid's path and ``collapse_reference``.
 
@@ -474,7 +477,7 @@ def compare_grid(workdir: str | Path, *, num: int = 8, n: int = 4, seed: int = 0
   """
   if num < 1:
     raise UserError(f"--num must be at least 1, got {num}.")
-  gen = load_generator(workdir)
+  gen = load_generator(workdir, step=step)
   config = gen.config
   if data_dir:
     config = ml_collections.ConfigDict(config.to_dict())

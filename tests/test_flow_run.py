@@ -155,3 +155,24 @@ def test_loss_command_recomputes_the_last_in_loop_eval(flow_run, capsys):
   assert cli.main(["loss", "--workdir", str(run), "--split", "validation"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "validation" in err[0], err
+
+
+def test_step_picks_a_kept_checkpoint_and_a_copied_run_gets_its_stages_named(
+    flow_run, tmp_path, capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  run = flow_run / "full"
+  assert cli.main(["loss", "--workdir", str(run), "--step", "2"]) == 0
+  early = json.loads((run / "stage2" / "eval" / "loss_test_step2.json").read_text())
+  latest = json.loads((run / "stage2" / "eval" / "loss_test.json").read_text())
+  assert early["step"] == 2 and latest["step"] == STEPS
+  assert early["metrics"]["v_mse"] != latest["metrics"]["v_mse"]
+  capsys.readouterr()
+  assert cli.main(["sample", "--workdir", str(run), "a red circle", "--step", "3"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "No checkpoint at step 3" in err[0] and "2, 4" in err[0], err
+  # A run copied without its stages.json: the line names its stages, not "train first".
+  copy = tmp_path / "copy"
+  shutil.copytree(run / "stage2", copy / "stage2")
+  assert cli.main(["loss", "--workdir", str(copy)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "stages.json" in err[0] and str(copy / "stage2") in err[0], err

@@ -72,6 +72,12 @@ def resolve_run_dir(workdir: str | Path) -> Path:
     except (ValueError, KeyError) as e:
       raise UserError(f"{stages} is damaged ({type(e).__name__}); point --workdir at a "
                       f"stage's folder instead, e.g. {path / 'stage2'}.") from None
+  if not (path / "checkpoints").is_dir():
+    inner = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
+    if inner:  # a copied run that lost its stages.json: name the stages, not "train first"
+      raise UserError(f"{path} holds the runs {', '.join(inner)} but no {STAGES_FILE} "
+                      f"naming the final one; point --workdir at one of them, e.g. "
+                      f"{path / inner[-1]}.")
   return path
 
 
