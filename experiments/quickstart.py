@@ -62,6 +62,7 @@ def get_config():
   # AMD VM, 2026-12-05: 302 s / 429 s with the evaluation) Muon gets 2.7% +- 0.2% / 2.1%
   # +- 0.3% all stated right against AdamW's 4.0% / 3.1%. Its gain shows later (README).
   c.stage2.optimizer = "adamw"
+  c.stage2.optimizer_kwargs = {"b2": 0.99}  # AdamW's own keys (no Muon matrix_lr_scale)
   c.stage2.ema_decay = 0.99  # a short run: a long EMA would still be near its start
   # t around 0, not flow_shapes' 0.5: at 800 steps 0.5 is worse (2.8% +- 0.3% all stated
   # right on test, backgrounds 99.6% but cells 43%; idle AMD VM, 2026-12-04), where at

@@ -102,4 +102,6 @@ def make_optimizer(
     return _BUILDERS[name](learning_rate, **kwargs)
   except TypeError as e:  # a misspelt or foreign key in config.optimizer_kwargs
     raise UserError(f"optimizer_kwargs {sorted(kwargs)} do not fit optimizer {name!r} ({e}); "
-                    "fix or drop the --config.optimizer_kwargs.KEY override.") from e
+                    "fix the --config.optimizer_kwargs.KEY override, or set the optimizer's "
+                    "own keys whole: --config.optimizer_kwargs=\"{'b2': 0.99}\" (under "
+                    "config.stage2 for a two-stage run).") from e

@@ -30,3 +30,27 @@ def test_config_docstring_gives_command_result_and_time(name):
   assert re.search(r"Measured|Expected result", doc), "the measured result"
   assert re.search(r"\d[\d,.]*\s*(s|min|h)\b", doc), "the run time"
   assert re.search(r"VM", doc), "the machine it was measured on"
+
+
+
+def _training_stages(name):
+  config = importlib.import_module(f"experiments.{name}").get_config()
+  stages = [config[s] for s in config.stages] if "stages" in config else [config]
+  return [s for s in stages if "optimizer" in s]
+
+
+# The modules that train (benchmarks and the Flickr8k judge have no optimizer).
+TRAINING = [m for m in MODULES if m not in TOOLS and _training_stages(m)]
+
+
+def test_the_training_modules_are_found():
+  assert {"model1", "cvae_shapes", "flow_shapes", "quickstart"} <= set(TRAINING)
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_every_training_config_builds_its_optimizer(name):
+  """Each stage's optimizer and its optimizer_kwargs fit together (a Muon-only key left in
+  a stage switched to AdamW fails here, not minutes into a run)."""
+  from t2i_jax.train import state  # pylint: disable=import-outside-toplevel
+  for stage in _training_stages(name):
+    assert state.optimizer(stage) is not None
