@@ -63,9 +63,10 @@ def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float 
   ``consistent_rms=0.2`` scales each orthogonalised update to AdamW's typical RMS
   (Moonlight, Liu et al. 2025), so the AdamW learning rate and weight decay carry over
   unchanged; ``b1`` / ``b2`` name the AdamW half as they do for 'adamw'.
-  ``matrix_lr_scale`` multiplies the Muon half's rate (warm-up and schedule included)
-  and leaves the AdamW half at ``learning_rate``: orthogonalised updates often tolerate
-  a higher rate than the embeddings and norms do.
+  ``matrix_lr_scale`` multiplies the Muon half's rate (warm-up and schedule included;
+  optax scales its weight decay by the rate, so the matrices' decay too) and leaves the
+  AdamW half at ``learning_rate``: orthogonalised updates often tolerate a higher rate
+  than the embeddings and norms do.
   """
   adam_lr = None
   if matrix_lr_scale != 1.0:
