@@ -50,7 +50,7 @@ def get_config():
   rate is one multiply per step) took 302 s cold to prepare, train and draw the samples,
   429 s with the evaluation (idle VM, 2026-12-05, scene reader cached; peak RSS 2.9 GB).
   The issue's targets (<= 5 min, >= 50%) are missed: 600 flow steps are far too few
-  (experiments.flow_shapes: 76% at 7,000 steps).
+  (experiments.flow_shapes: 80% at 8,000 steps).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
@@ -62,6 +62,10 @@ def get_config():
   # 0.99}" --config.stage2.max_steps=800, the default before, idle AMD VM, 2026-12-04) and
   # Muon at 1x's 2.7% +- 0.2% / 2.1% +- 0.3% (2026-12-05).
   c.stage2.max_steps = 600
+  # A constant rate after the warm-up, as measured here (flow_shapes cools its rate over
+  # its last 2,000 of 8,000 steps; at 600 steps that schedule would never start).
+  c.stage2.lr_schedule = "constant"
+  c.stage2.lr_decay_start = c.stage2.lr_decay_steps = 0
   c.stage2.ema_decay = 0.99  # a short run: a long EMA would still be near its start
   # t around 0, not flow_shapes' 0.5: at 800 AdamW steps 0.5 is worse (2.8% +- 0.3% all
   # stated right on test, backgrounds 99.6% but cells 43%; idle AMD VM, 2026-12-04), where

@@ -49,8 +49,10 @@ def test_the_training_modules_are_found():
 
 @pytest.mark.parametrize("name", TRAINING)
 def test_every_training_config_builds_its_optimizer(name):
-  """Each stage's optimizer and its optimizer_kwargs fit together (a Muon-only key left in
-  a stage switched to AdamW fails here, not minutes into a run)."""
-  from t2i_jax.train import state  # pylint: disable=import-outside-toplevel
+  """Each stage passes the trainer's checks (its schedule included), and its optimizer and
+  optimizer_kwargs fit together (a Muon-only key left in a stage switched to AdamW fails
+  here, not minutes into a run)."""
+  from t2i_jax.train import loop, state  # pylint: disable=import-outside-toplevel
   for stage in _training_stages(name):
+    loop.validate(stage)  # the schedule and every checked setting: one line if not
     assert state.optimizer(stage) is not None

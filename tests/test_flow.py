@@ -430,3 +430,16 @@ def test_flow_experiments_read_every_caption_word():
               "remove_stopwords"):
     assert c[key] == cv[key], key
   assert (c.split_scheme, c.image_mode) == ("official", "center_crop")
+
+
+def test_a_bad_stage2_setting_fails_before_stage1_trains(tmp_path):
+  """flow_shapes run on past its rate's decay to 0: one line before any data or stage-1
+  work, not after stage 1's minutes."""
+  from experiments import flow_shapes  # pylint: disable=import-outside-toplevel
+  from t2i_jax import train  # pylint: disable=import-outside-toplevel
+  c = flow_shapes.get_config()
+  c.stage2.max_steps = c.stage2.lr_decay_steps + 1000
+  with pytest.raises(UserError, match="runs past the step where the wsd schedule") as e:
+    train.train_stages(c, tmp_path / "w")
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "w").exists()

@@ -188,8 +188,19 @@ def test_constant_schedule_is_the_default():
     ({"lr_schedule": "cosine"}, "needs --config.lr_decay_steps"),
     ({"lr_schedule": "cosine", "lr_decay_steps": 2}, "needs --config.lr_decay_steps"),
     ({"lr_final_fraction": 1.5}, "lr_final_fraction must be in"),
+    ({"lr_schedule": "wsd", "lr_decay_start": 5, "lr_decay_steps": 9, "max_steps": 10},
+     r"max_steps \(10\) runs past .* wsd schedule brings the rate to 0"),
+    ({"lr_schedule": "cosine", "lr_decay_steps": 9, "max_steps": 12}, "runs past"),
 ])
 def test_bad_schedule_settings_get_one_line(kw, match):
   from t2i_jax.train import loop  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match=match):
     loop.validate(_adam_config(**kw))
+
+
+def test_a_run_may_end_at_its_decay_or_hold_a_final_fraction_past_it():
+  from t2i_jax.train import loop  # pylint: disable=import-outside-toplevel
+  loop.validate(_adam_config(lr_schedule="wsd", lr_decay_start=5, lr_decay_steps=9,
+                             max_steps=9))
+  loop.validate(_adam_config(lr_schedule="wsd", lr_decay_start=5, lr_decay_steps=9,
+                             max_steps=12, lr_final_fraction=0.1))

@@ -131,6 +131,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= float(config.lr_final_fraction) <= 1.0:
     raise UserError("--config.lr_final_fraction must be in [0, 1], got "
                     f"{config.lr_final_fraction}.")
+  # A run extended past a decay to 0 would train on at rate 0 (and decoupled weight decay
+  # scales with the rate too): hours that change nothing.
+  if (config.lr_schedule != "constant" and float(config.lr_final_fraction) == 0.0
+      and config.max_steps > config.lr_decay_steps):
+    raise UserError(f"--config.max_steps ({config.max_steps}) runs past the step where the "
+                    f"{config.lr_schedule} schedule brings the rate to 0 (--config."
+                    f"lr_decay_steps, {config.lr_decay_steps}): the steps after it would "
+                    "change nothing. For a longer run, move lr_decay_steps (and lr_decay_start)"
+                    " with max_steps in a new --workdir, or set --config.lr_final_fraction "
+                    "above 0.")
   if not 0.0 <= float(config.ema_decay) < 1.0:
     raise UserError(f"--config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}.")
   methods.method_class(config.model)  # an unknown model fails here, in one line
