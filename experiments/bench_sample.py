@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   Measured (idle 2-core AMD EPYC VM, 2026-12-05; the experiments.flow_shapes default's run,
   step 8,000; 1.8 min in all, peak RSS 1.0 GB): Euler 20 steps 81.2 images/s at guidance
   7, 142.6 at 1; at guidance 7, 304 images/s with 4 steps, 51.0 with 32.
-  Earlier (idle 2-core AMD EPYC VM, 2026-12-04, a slower hour; the experiments.flow_shapes run at
+  Earlier (idle 2-core AMD EPYC VM, 2026-12-04; the experiments.flow_shapes run at
   t_mean 0, step 7,000: the default's sampling work, t_mean only moves training's t; 3.1 min in all, peak RSS 1.0 GB): Euler 20 steps 54.9 images/s at guidance 7,
   107.7 at 1; at guidance 7, 199 images/s with 4 steps, 38.0 with 32.
   Earlier (idle 2-core Intel Xeon VM, 2026-12-03; the previous 60-minute experiments.flow_shapes

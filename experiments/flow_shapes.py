@@ -42,8 +42,9 @@ def get_config():
   (--config.stage2.lr_schedule=constant; the default's first 6,000 steps are the same):
   79.0% +- 0.2% / 79.1% +- 0.2% / relations 85%; stopped at 7,000 (the default of
   2026-12-05 morning, constant): 76.2% +- 1.1% / 76.7% +- 0.4% / relations 84%, shapes
-  85%, counts 91%; in-loop test v_mse 0.106, caption_gain 0.067. With Muon's half at AdamW's rate (--config.stage2.optimizer_kwargs.
-  matrix_lr_scale=1.0; the default of 2026-12-04): 69.2% +- 0.9% / 66.4% +- 0.5% /
+  85%, counts 91%; in-loop test v_mse 0.106, caption_gain 0.067. With Muon's half at
+  AdamW's rate (--config.stage2.optimizer_kwargs.matrix_lr_scale=1.0; the default of
+  2026-12-04): 69.2% +- 0.9% / 66.4% +- 0.5% /
   relations 76%, shapes 81%, counts 91%; run on to 9,000 steps: 75.4% +- 1.1% / 73.3% +-
   0.4% / relations 82%, about 43 min in all at a fast hour but about 62 at the VM's slow
   hour, so the default stops at 7,000.

@@ -49,7 +49,8 @@ def stage_configs(config: ml_collections.ConfigDict,
 
 def train_stages(config: ml_collections.ConfigDict, workdir: str | Path):
   """Trains every stage of ``config`` in order under ``workdir``; returns the last state."""
-  from t2i_jax.train.loop import train_and_evaluate, validate  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from t2i_jax.train.loop import train_and_evaluate, validate
   workdir = Path(workdir).expanduser()
   stages = stage_configs(config, workdir)
   for _, stage, _ in stages:  # a bad stage-2 setting fails now, not after stage 1's minutes
