@@ -39,16 +39,19 @@ def keras_rmsprop(
 def muon_dimensions(params: Any) -> Any:
   """Which params Muon orthogonalises, and along which axes; None sends a leaf to AdamW.
 
-  Every Dense kernel (2-D: inputs x outputs) and flax attention's 3-D kernels: query,
-  key and value are [features, heads, head_dim] (heads x head_dim the output), ``out`` is
-  [heads, head_dim, features]. Biases, norms, embeddings and conv kernels go to AdamW.
+  Every Dense kernel (2-D: inputs x outputs), flax attention's 3-D kernels (query, key
+  and value are [features, heads, head_dim], heads x head_dim the output; ``out`` is
+  [heads, head_dim, features]) and 2-D conv kernels, [kh, kw, in, out] flattened to
+  (kh * kw * in) x out as in Keller Jordan's Muon. Biases, norms and embeddings go to AdamW.
   """
   def spec(path, leaf):
     names = [str(getattr(k, "key", k)) for k in path]
-    if names[-1] != "kernel" or leaf.ndim not in (2, 3):
+    if names[-1] != "kernel" or leaf.ndim not in (2, 3, 4):
       return None
     if leaf.ndim == 2:
       return MuonDimensionNumbers(0, 1)
+    if leaf.ndim == 4:
+      return MuonDimensionNumbers((0, 1, 2), 3)
     if names[-2] == "out":
       return MuonDimensionNumbers((0, 1), 2)
     return MuonDimensionNumbers(0, (1, 2))

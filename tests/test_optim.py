@@ -83,17 +83,20 @@ def test_make_optimizer():
 def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
   """Muon's first update of a kernel has near-equal singular values (the gradient's span
   a factor 100); 3-D attention kernels are matrices over (in) x (heads, head_dim) and
-  (heads, head_dim) x (out); biases and embeddings get AdamW's update."""
+  (heads, head_dim) x (out), conv kernels (kh * kw * in) x out; biases and embeddings
+  get AdamW's update."""
   rng = np.random.default_rng(0)
   params = {"fc": {"kernel": jnp.zeros((8, 6)), "bias": jnp.zeros((6,))},
             "attn": {"query": {"kernel": jnp.zeros((8, 2, 3))},
                      "out": {"kernel": jnp.zeros((2, 3, 8))}},
+            "conv": {"kernel": jnp.zeros((3, 3, 2, 4)), "bias": jnp.zeros((4,))},
             "pos_embedding": jnp.zeros((4, 8))}
   dims = optim.muon_dimensions(params)
   assert dims["fc"]["kernel"] == optim.MuonDimensionNumbers(0, 1)
   assert dims["attn"]["query"]["kernel"] == optim.MuonDimensionNumbers(0, (1, 2))
   assert dims["attn"]["out"]["kernel"] == optim.MuonDimensionNumbers((0, 1), 2)
-  assert dims["fc"]["bias"] is None and dims["pos_embedding"] is None
+  assert dims["conv"]["kernel"] == optim.MuonDimensionNumbers((0, 1, 2), 3)
+  assert dims["fc"]["bias"] is None and dims["conv"]["bias"] is None and dims["pos_embedding"] is None
   u, _, vt = np.linalg.svd(rng.normal(size=(8, 6)), full_matrices=False)
   grad_fc = (u * np.array([100.0, 30, 10, 3, 1, 1])) @ vt  # singular values 100 .. 1
   grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
@@ -104,11 +107,12 @@ def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
   s_upd = np.linalg.svd(np.asarray(updates["fc"]["kernel"]), compute_uv=False)
   assert s_grad[0] / s_grad[-1] == pytest.approx(100.0, rel=1e-3)
   assert s_upd[0] / s_upd[-1] < 2.0  # Newton-Schulz: all directions move about as much
-  # The 3-D kernels are orthogonalised as the matrices they act as.
-  for name, shape in (("query", (8, 6)), ("out", (6, 8))):
-    s_attn = np.linalg.svd(np.asarray(updates["attn"][name]["kernel"]).reshape(shape),
-                           compute_uv=False)
-    assert s_attn[0] / s_attn[-1] < 2.0
+  # The 3-D and conv kernels are orthogonalised as the matrices they act as.
+  for kernel, shape in ((updates["attn"]["query"]["kernel"], (8, 6)),
+                        (updates["attn"]["out"]["kernel"], (6, 8)),
+                        (updates["conv"]["kernel"], (18, 4))):
+    s_kernel = np.linalg.svd(np.asarray(kernel).reshape(shape), compute_uv=False)
+    assert s_kernel[0] / s_kernel[-1] < 2.0
   # The other leaves get exactly (Nesterov) AdamW's update, with the same b2.
   adamw = optax.adamw(1e-2, b2=0.99, weight_decay=1e-4, nesterov=True)
   rest = {"bias": params["fc"]["bias"], "pos": params["pos_embedding"]}
