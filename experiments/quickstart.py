@@ -43,12 +43,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, 2026-12-05; README "Quick start"): every stated attribute
-  right in 5.2% +- 0.7% of test images (3.4% +- 0.0% compositional), backgrounds 98%,
-  counts 17% (this config's stage 2 from a copy of its own stage 1, sharing the CPU with
-  a training run: 398 s / 633 s, not a timing). Run time: the same work (Muon at 1x, whose
-  rate is one multiply per step) took 302 s cold to prepare, train and draw the samples,
-  429 s with the evaluation (idle VM, 2026-12-05, scene reader cached; peak RSS 2.9 GB).
+  Measured (2-core AMD EPYC VM, 2026-12-05, stop 34; README "Quick start"): every stated
+  attribute right in 5.0% +- 0.6% of test images (3.5% +- 0.4% compositional),
+  backgrounds 89%, counts 18%; with Adam's stage 1 (the default before) 5.2% +- 0.7% /
+  3.4% +- 0.0%, backgrounds 98%: the same within the spread. Run time: 417 s cold to
+  prepare, train and draw the samples, 584 s with the evaluation (idle VM at a slow hour,
+  scene reader cached; peak RSS 3.0 GB); the same work per step took 302 s / 429 s in a
+  fast hour (2026-12-05, before stop 34).
   The issue's targets (<= 5 min, >= 50%) are missed: 600 flow steps are far too few
   (experiments.flow_shapes: 80% at 8,000 steps).
   """
