@@ -125,7 +125,8 @@ def get_config():
   # The Muon half at 3x the rate (3e-3; AdamW's half stays at 1e-3): at 7,000 steps
   # 76.2% / 76.7% / relations 84% all stated right against 69.2% / 66.4% / 76% at 1x (and
   # 75.4% / 73.3% / 82% at 1x and 9,000 steps); 8x is too high (in-loop test v_mse 0.127
-  # and caption_gain 0.051 at step 4,921 against 0.113 / 0.066 at 3x; stopped there).
+  # and caption_gain 0.051 at step 4,921 against 0.113 / 0.066 at 3x; stopped there), and
+  # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (README).
   c.stage2.optimizer_kwargs.matrix_lr_scale = 3.0
   # 8,000 steps, the rate cooled linearly to 0 over the last 2,000 (lr_schedule=wsd):
   # 80.3% / 80.1% / relations 87% all stated right, against 79.0% / 79.1% / 85% for
