@@ -96,7 +96,8 @@ def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
   assert dims["attn"]["query"]["kernel"] == optim.MuonDimensionNumbers(0, (1, 2))
   assert dims["attn"]["out"]["kernel"] == optim.MuonDimensionNumbers((0, 1), 2)
   assert dims["conv"]["kernel"] == optim.MuonDimensionNumbers((0, 1, 2), 3)
-  assert dims["fc"]["bias"] is None and dims["conv"]["bias"] is None and dims["pos_embedding"] is None
+  assert dims["fc"]["bias"] is None and dims["conv"]["bias"] is None
+  assert dims["pos_embedding"] is None
   u, _, vt = np.linalg.svd(rng.normal(size=(8, 6)), full_matrices=False)
   grad_fc = (u * np.array([100.0, 30, 10, 3, 1, 1])) @ vt  # singular values 100 .. 1
   grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
