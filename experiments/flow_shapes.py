@@ -124,10 +124,10 @@ def get_config():
   # 35.6 dB, shapes 98.9% / 99.9%, the same read: the rate stays constant.
   c.stage1.optimizer = "muon"
   # Muon on the weight matrices (AdamW on the rest; optim.make_muon, at AdamW's rate and
-  # decay): far more per step, at the same time per step on the idle VM (274.5 against 274.4
-  # ms; the 1.32x measured first was a shared CPU's). At 7,000 steps, 69.2% / 66.4% /
-  # relations 76% all stated right against AdamW's 66.4% / 62.2% / 75% at 9,000 (README,
-  # "Results: built-in shapes (flow)").
+  # decay): far more per step; 1.32x AdamW's time per step on a shared CPU, the same alone
+  # on the idle VM (274.5 against 274.4 ms; README, Benchmarks). At 7,000 steps, 69.2% /
+  # 66.4% / relations 76% all stated right against AdamW's 66.4% / 62.2% / 75% at 9,000
+  # (README, "Results: built-in shapes (flow)").
   c.stage2.optimizer = "muon"
   # The Muon half at 3x the rate (3e-3; AdamW's half stays at 1e-3): at 7,000 steps
   # 76.2% / 76.7% / relations 84% all stated right against 69.2% / 66.4% / 76% at 1x (and
