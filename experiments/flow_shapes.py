@@ -124,8 +124,8 @@ def get_config():
   # 35.6 dB, shapes 98.9% / 99.9%, the same read: the rate stays constant.
   c.stage1.optimizer = "muon"
   # Muon on the weight matrices (AdamW on the rest; optim.make_muon, at AdamW's rate and
-  # decay): far more per step; 1.32x AdamW's time per step on a shared CPU, the same alone
-  # on the idle VM (274.5 against 274.4 ms; README, Benchmarks). At 7,000 steps, 69.2% /
+  # decay): far more per step, at 1.33x AdamW's time per step in a real run (3.51 against
+  # 4.68 steps/s; the same alone in an isolated step; README). At 7,000 steps, 69.2% /
   # 66.4% / relations 76% all stated right against AdamW's 66.4% / 62.2% / 75% at 9,000
   # (README, "Results: built-in shapes (flow)").
   c.stage2.optimizer = "muon"

@@ -57,8 +57,8 @@ def get_config():
   c.num_images = 5000
   c.stage1.max_steps = 400
   c.stage1.checkpoint_every_steps = 0
-  # flow_shapes' Muon for 600 steps (measured then at 1.32x AdamW's time per step, on a
-  # shared CPU; the same alone on the idle VM since), against AdamW's 800 steps:
+  # flow_shapes' Muon (1.32x AdamW's time per step; 1.33x in a real run on the idle VM
+  # since) for 600 steps, the time of AdamW's 800:
   # 5.2% +- 0.7% / 3.4% +- 0.0% all stated right against AdamW's 4.0% +- 0.6% / 3.1%
   # +- 0.3% (--config.stage2.optimizer=adamw --config.stage2.optimizer_kwargs="{'b2':
   # 0.99}" --config.stage2.max_steps=800, the default before, idle AMD VM, 2026-12-04) and
