@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
-from optax.contrib import MuonDimensionNumbers, muon
+from optax.contrib import MuonDimensionNumbers, MuonState, muon
 
 from t2i_jax.errors import UserError
 
@@ -58,9 +61,100 @@ def muon_dimensions(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
+# optax.contrib.muon's default quintic Newton-Schulz coefficients (Keller Jordan's).
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _matrix_axes(ndim: int, spec: MuonDimensionNumbers) -> tuple[tuple[int, ...], ...]:
+  """The (reduction, output) axes of a Muon leaf, made non-negative."""
+  as_tuple = lambda a: (a,) if isinstance(a, int) else tuple(a)
+  return tuple(tuple(a % ndim for a in as_tuple(axes))
+               for axes in (spec.reduction_axis, spec.output_axis))
+
+
+def _as_matrices(x: jax.Array, spec: MuonDimensionNumbers):
+  """x as a [1, rows, cols] stack with rows <= cols (as optax orients it), and the undo."""
+  red, out = _matrix_axes(x.ndim, spec)
+  perm = red + out
+  shape = (1, math.prod(x.shape[a] for a in red), math.prod(x.shape[a] for a in out))
+  transposed = shape[1] > shape[2]
+  m = x.transpose(perm).reshape(shape)
+  if transposed:
+    m = jnp.swapaxes(m, 1, 2)
+  permuted_shape, inverse = tuple(x.shape[a] for a in perm), tuple(np.argsort(perm).tolist())
+
+  def undo(m):
+    if transposed:
+      m = jnp.swapaxes(m, 1, 2)
+    return m.reshape(permuted_shape).transpose(inverse)
+  return m, undo, tuple(sorted(shape[1:]))
+
+
+def _is_spec(x: Any) -> bool:
+  return x is None or isinstance(x, MuonDimensionNumbers)
+
+
+def scale_by_batched_muon(beta: float = 0.95, ns_steps: int = 5, eps: float = 1e-8
+                          ) -> optax.GradientTransformation:
+  """``optax.contrib.scale_by_muon`` (Nesterov, Frobenius pre-scaling, its default
+  coefficients) with the same state, but one Newton-Schulz chain per distinct matrix shape.
+
+  Why: optax runs one chain of 15 small dots per matrix; a DiT has dozens of same-shape
+  kernels, and on CPU the per-dot overhead dominates. Stacking them into one batched
+  matmul per shape halves the update's time (flow_shapes' stage 2: 47 against 87-94 ms)
+  and the math is the same: equal to optax's up to float rounding (tests/test_optim.py).
+  """
+  def init_fn(params):
+    return MuonState(count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
+                     ns_coeffs=jnp.asarray(_NS_COEFFS))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+    count = optax.safe_increment(state.count)
+    mu_hat = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g,
+                          optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
+                          optax.tree.bias_correction(updates, beta, count))
+    leaves, treedef = jax.tree_util.tree_flatten(mu_hat)
+    specs = jax.tree_util.tree_leaves(muon_dimensions(mu_hat), is_leaf=_is_spec)
+    groups: dict[tuple[int, int], list[int]] = {}
+    stacks, undos = [], []
+    for i, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+      m, undo, shape = _as_matrices(leaf, spec)
+      stacks.append(m)
+      undos.append(undo)
+      groups.setdefault(shape, []).append(i)
+    a_, b_, c_ = (state.ns_coeffs[k] for k in range(3))
+    result = [None] * len(leaves)
+    for members in groups.values():
+      x = jnp.concatenate([stacks[i] for i in members])
+      x = x / (jnp.linalg.norm(x, axis=(1, 2), keepdims=True) + eps)
+      for _ in range(ns_steps):
+        gram = x @ jnp.swapaxes(x, 1, 2)
+        x = a_ * x + (b_ * gram + c_ * gram @ gram) @ x
+      for j, i in enumerate(members):
+        result[i] = undos[i](x[j:j + 1])
+    return (jax.tree_util.tree_unflatten(treedef, result),
+            MuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs))
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_to_consistent_rms(rms: float) -> optax.GradientTransformation:
+  """Each orthogonalised update times sqrt(max(fan_in, fan_out)) * rms, as optax's muon."""
+  def update_fn(updates, state, params=None):
+    del params
+    def scale(u, spec):
+      fan_in, fan_out = (math.prod(u.shape[a] for a in axes)
+                         for axes in _matrix_axes(u.ndim, spec))
+      return math.sqrt(max(fan_in, fan_out)) * rms * u
+    return jax.tree.map(scale, updates, muon_dimensions(updates)), state
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
               weight_decay: float = 1e-4, consistent_rms: float = 0.2,
-              matrix_lr_scale: float = 1.0, **kwargs: Any) -> optax.GradientTransformation:
+              matrix_lr_scale: float = 1.0, batched_newton_schulz: bool = False,
+              **kwargs: Any) -> optax.GradientTransformation:
   """Muon (optax.contrib) on the weight matrices, AdamW (b1, b2) on the other params.
 
   ``consistent_rms=0.2`` scales each orthogonalised update to AdamW's typical RMS
@@ -70,6 +164,10 @@ def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float 
   optax scales its weight decay by the rate, so the matrices' decay too) and leaves the
   AdamW half at ``learning_rate``: orthogonalised updates often tolerate a higher rate
   than the embeddings and norms do.
+  ``batched_newton_schulz`` swaps optax's per-matrix orthogonalisation for
+  ``scale_by_batched_muon`` (the same math and state tree, one chain per matrix shape;
+  1.07x the steps/s of flow_shapes' stage 2); ``kwargs`` are then its beta, ns_steps
+  and eps, else optax muon's own.
   """
   adam_lr = None
   if matrix_lr_scale != 1.0:
@@ -79,10 +177,24 @@ def make_muon(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float 
       learning_rate = lambda step: matrix_lr_scale * schedule(step)
     else:
       learning_rate = matrix_lr_scale * learning_rate
-  return muon(learning_rate, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
-              adam_weight_decay=weight_decay, consistent_rms=consistent_rms,
-              adam_learning_rate=adam_lr, muon_weight_dimension_numbers=muon_dimensions,
-              **kwargs)
+  if not batched_newton_schulz:
+    return muon(learning_rate, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2,
+                adam_weight_decay=weight_decay, consistent_rms=consistent_rms,
+                adam_learning_rate=adam_lr, muon_weight_dimension_numbers=muon_dimensions,
+                **kwargs)
+  # The same partition and chain as optax.contrib.muon builds, so checkpoints and the
+  # state tree are interchangeable between the two.
+  labels = lambda params: jax.tree.map(lambda spec: "adam" if spec is None else "muon",
+                                       muon_dimensions(params), is_leaf=_is_spec)
+  return optax.partition(
+      {"muon": optax.chain(scale_by_batched_muon(**kwargs),
+                           _scale_to_consistent_rms(consistent_rms),
+                           optax.add_decayed_weights(weight_decay),
+                           optax.scale_by_learning_rate(learning_rate)),
+       "adam": optax.adamw(learning_rate if adam_lr is None else adam_lr, b1=b1, b2=b2,
+                           eps=kwargs.get("eps", 1e-8), weight_decay=weight_decay,
+                           nesterov=True)},
+      labels)
 
 
 # The optimisers by name; each takes (learning_rate, **config.optimizer_kwargs).

@@ -141,6 +141,37 @@ def test_muon_matrix_lr_scale_moves_only_the_matrices_with_the_schedule():
   assert float(jnp.abs(u_plain["fc"]["kernel"]).max()) > 0  # past the warm-up's zero
 
 
+def test_batched_muon_matches_optax_muon_with_the_same_state_tree():
+  """batched_newton_schulz=True stacks same-shape matrices into one Newton-Schulz chain:
+  over 4 steps its updates equal optax's per-matrix Muon up to float rounding, the AdamW
+  half exactly, and the state trees match, so a checkpoint of either restores into the
+  other."""
+  rng = np.random.default_rng(2)
+  params = {"a": {"kernel": jnp.zeros((8, 6)), "bias": jnp.zeros((6,))},
+            "b": {"kernel": jnp.zeros((6, 8))},  # transposed: shares the (6, 8) chain
+            "c": {"kernel": jnp.zeros((8, 6))},
+            "attn": {"query": {"kernel": jnp.zeros((8, 2, 3))},
+                     "out": {"kernel": jnp.zeros((2, 3, 8))}},
+            "conv": {"kernel": jnp.zeros((3, 3, 2, 4))},
+            "embed": jnp.zeros((5, 8))}
+  schedule = optax.linear_schedule(1e-3, 1e-2, 3)
+  txs = [optim.make_optimizer("muon", schedule, b2=0.99, matrix_lr_scale=3.0,
+                              batched_newton_schulz=batched) for batched in (False, True)]
+  states = [tx.init(params) for tx in txs]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  for _ in range(4):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    (u_optax, states[0]), (u_batched, states[1]) = (
+        tx.update(grads, s, params) for tx, s in zip(txs, states))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 u_optax, u_batched)
+    np.testing.assert_array_equal(u_optax["a"]["bias"], u_batched["a"]["bias"])
+    np.testing.assert_array_equal(u_optax["embed"], u_batched["embed"])
+  assert float(jnp.abs(u_batched["b"]["kernel"]).max()) > 1e-3
+  with pytest.raises(UserError, match="do not fit optimizer 'muon'"):
+    optim.make_optimizer("muon", 1e-3, batched_newton_schulz=True, nesterov=False)
+
+
 def _step_sizes(config, num_steps):
   """|update| per step for a constant gradient under Adam: exactly the learning rate then."""
   from t2i_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
