@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -33,6 +34,12 @@ def _config(data_dir, **stage_changes):
   c.stage2.model_kwargs.ae.channels = (16,)
   c.stage2.model_kwargs.update(width=32, depth=1, num_heads=2, text_heads=2, text_layers=1)
   c.stage2.sample_steps = 3
+  # experiments.flow_shapes' optimisers, so resume is checked bitwise under them: Muon in
+  # both stages, stage 2's Newton-Schulz batched per matrix shape.
+  for stage in (c.stage1, c.stage2):
+    stage.optimizer = "muon"
+    stage.optimizer_kwargs = ml_collections.ConfigDict({"b2": 0.99})
+  c.stage2.optimizer_kwargs.update(matrix_lr_scale=3.0, batched_newton_schulz=True)
   for key, value in stage_changes.items():
     stage, name = key.split("__")
     c[stage][name] = value
