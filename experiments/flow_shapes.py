@@ -45,16 +45,17 @@ def get_config():
   the idle VM, 2026-12-05, at a slow hour (stage 1 took 150 s in the fast hour of the
   39.0 min below); scaled to the slowest hour seen on that VM (2026-12-04; stage 1 307 s
   there), about 64 min.
-  At 9,500 steps cooled from 7,000 with optax's per-matrix Muon (the default of stop 35:
-  --config.stage2.optimizer_kwargs.batched_newton_schulz=False
+  At 9,500 steps cooled from 7,000 with optax's per-matrix Muon (the default of stop 35,
+  which also resumes a run begun with it:
+  --config.stage2.optimizer_kwargs="{'b2': 0.99, 'matrix_lr_scale': 3.0}"
   --config.stage2.max_steps=9500 --config.stage2.lr_decay_start=7000
   --config.stage2.lr_decay_steps=9500): 85.6% +- 0.5% / 83.8% +- 0.3% / relations 84%
   (86.5%), shapes 91%, counts 100%; in-loop test v_mse 0.143, caption_gain 0.082; 55.4
   min cold (preparing 100.3 s, stage 1 235.0 s, stage 2 about 49.8 min; peak RSS 4.4 GB),
   about 66 min scaled to the slowest hour.
   At 8,000 steps cooled from 6,000 (the default of stop 34; --config.stage2.max_steps=8000
-  --config.stage2.lr_decay_start=6000 --config.stage2.lr_decay_steps=8000 and
-  batched_newton_schulz=False as above, which also resumes a run begun with it): 82.7% +- 1.3% / 80.5% +- 1.0% / relations 82% (86%),
+  --config.stage2.lr_decay_start=6000 --config.stage2.lr_decay_steps=8000 and the
+  optimizer_kwargs above, which also resumes a run begun with it): 82.7% +- 1.3% / 80.5% +- 1.0% / relations 82% (86%),
   shapes 90%, counts 99%; in-loop test v_mse 0.150, caption_gain 0.083; 47.2 min cold
   (preparing 101.6 s, stage 1 229.6 s, stage 2 41.7 min) in the same slow hour.
   With Adam's stage 1 (--config.stage1.optimizer=adam; the default before): stage 1 test
