@@ -56,8 +56,9 @@ def get_config():
   At 8,000 steps cooled from 6,000 (the default of stop 34; --config.stage2.max_steps=8000
   --config.stage2.lr_decay_start=6000 --config.stage2.lr_decay_steps=8000 and the
   optimizer_kwargs above, which also resumes a run begun with it): 82.7% +- 1.3% /
-  80.5% +- 1.0% / relations 82% (86%), shapes 90%, counts 99%; in-loop test v_mse 0.150, caption_gain 0.083; 47.2 min cold
-  (preparing 101.6 s, stage 1 229.6 s, stage 2 41.7 min) in the same slow hour.
+  80.5% +- 1.0% / relations 82% (86%), shapes 90%, counts 99%; in-loop test v_mse 0.150,
+  caption_gain 0.083; 47.2 min cold (preparing 101.6 s, stage 1 229.6 s, stage 2 41.7
+  min) in the same slow hour.
   With Adam's stage 1 (--config.stage1.optimizer=adam; the default before): stage 1 test
   PSNR 29.9 dB, read back 91.4% all stated (shape 94.1%); stage 2 80.3% +- 0.8% /
   80.1% +- 0.8% / relations 87% (88%), shapes 87%, counts 95%; in-loop test v_mse 0.104,
