@@ -213,8 +213,10 @@ def flow_config(dataset: str = "shapes") -> ml_collections.ConfigDict:
 
   s2 = ml_collections.ConfigDict(shared.to_dict())
   s2.model = "flow"
-  # 16 tokens of width 128: at this scale optimiser steps bind, not model size
-  # (CPU_NOTES); two self-attention layers over the words before cross-attention.
+  # 16 tokens of width 128: far more steps per minute than 64 tokens of width 192
+  # (CPU_NOTES). Narrower is not better: on shapes, width 96 for 1.7x the steps in the
+  # same time follows captions worse (README, "Results: built-in shapes (flow)").
+  # Two self-attention layers over the words before cross-attention.
   s2.model_kwargs = ml_collections.ConfigDict({
       "ae": ae, "patch": 4, "width": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4,
       "text_layers": 2, "text_heads": 4, "max_len": 24})
