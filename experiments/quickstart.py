@@ -63,7 +63,13 @@ def get_config():
   # +- 0.3% (--config.stage2.optimizer=adamw --config.stage2.optimizer_kwargs="{'b2':
   # 0.99}" --config.stage2.max_steps=800, the default before, idle AMD VM, 2026-12-04) and
   # Muon at 1x's 2.7% +- 0.2% / 2.1% +- 0.3% (2026-12-05).
-  c.stage2.max_steps = 600
+  c.stage2.max_steps = 1000
+  # Width 96, not flow_shapes' 128: its step takes 0.6x the time, so 1,000 steps cost what
+  # 600 did, and this short, steps bind: 14.5% +- 0.6% / 9.3% +- 0.6% all stated right
+  # against width 128's 5.0% +- 0.6% / 3.5% +- 0.4% at 600 steps; width 64 for 1,550
+  # steps (0.38x the time per step) 10.0% +- 0.2% / 6.9% +- 0.3% (the same stage 1;
+  # AMD VM, 2026-12-05; README "Quick start"). In the full hour 96 is worse (README).
+  c.stage2.model_kwargs.width = 96
   # A constant rate after the warm-up, as measured here (flow_shapes cools its rate over
   # its last 2,000 of 8,000 steps). Cooled over the last 200 of 600 (--config.stage2.
   # lr_schedule=wsd --config.stage2.lr_decay_start=400 --config.stage2.lr_decay_steps=600,
