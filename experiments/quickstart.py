@@ -27,9 +27,9 @@ EVAL_SEEDS = 3
 
 
 def get_config():
-  r"""The model of experiments.flow_shapes, short: stage 1 for 400 steps and stage 2 for 600
-  on 5,000 shapes images (t drawn around 0: better than 0.5 this short); then samples and
-  the evaluation.
+  r"""The model of experiments.flow_shapes, short and narrower: stage 1 for 400 steps and
+  stage 2 at width 96 for 1,000 on 5,000 shapes images (t drawn around 0: better than 0.5
+  this short); then samples and the evaluation.
 
   Command:
     python -m experiments.quickstart --workdir runs/quickstart
@@ -38,20 +38,20 @@ def get_config():
   Data: shapes, 5,000 images (4,500 train / 250 test / 250 compositional; 5 captions each),
   GloVe 50d word sequences (stopwords kept, up to 24 words).
   Model: that of experiments.flow_shapes (stage 1 latent VAE 16x16x4; stage 2 flow DiT,
-  16 tokens of width 128, depth 4, cross-attention to the words, trained with its Muon,
-  the matrices at 3x AdamW's rate), two text layers, EMA 0.99.
+  16 tokens, depth 4, cross-attention to the words, trained with its Muon, the matrices
+  at 3x AdamW's rate), but width 96 (not 128) and two text layers, EMA 0.99.
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, 2026-12-05, stop 34; README "Quick start"): every stated
-  attribute right in 5.0% +- 0.6% of test images (3.5% +- 0.4% compositional),
-  backgrounds 89%, counts 18%; with Adam's stage 1 (the default before) 5.2% +- 0.7% /
-  3.4% +- 0.0%, backgrounds 98%: the same within the spread. Run time: 417 s cold to
-  prepare, train and draw the samples, 584 s with the evaluation (idle VM at a slow hour,
-  scene reader cached; peak RSS 3.0 GB); the same work per step took 302 s / 429 s in a
-  fast hour (2026-12-05, before stop 34).
-  The issue's targets (<= 5 min, >= 50%) are missed: 600 flow steps are far too few
-  (experiments.flow_shapes: 86% at 9,500 steps).
+  Measured (2-core AMD EPYC VM, 2026-12-05, stop 37; README "Quick start"): every stated
+  attribute right in 14.5% +- 0.6% of test images (9.3% +- 0.6% compositional),
+  backgrounds 98%, cells 86%, shapes 38%, counts 30%. Run time: 392 s cold to prepare,
+  train and draw the samples, 498 s with the evaluation (idle VM at a slow hour, scene
+  reader cached; peak RSS 2.8 GB). Width 128 for 600 steps (the default before; the same
+  time): 5.0% +- 0.6% / 3.5% +- 0.4%, 417 s / 584 s in a slow hour, 302 s / 429 s in a
+  fast one.
+  The issue's targets (<= 5 min, >= 50%) are missed: 1,000 narrow flow steps are far too
+  few (experiments.flow_shapes: 87% at 10,000 steps of width 128).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
