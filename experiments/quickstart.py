@@ -57,8 +57,9 @@ def get_config():
   c.num_images = 5000
   c.stage1.max_steps = 400
   c.stage1.checkpoint_every_steps = 0
-  # flow_shapes' Muon (1.32x AdamW's time per step; 1.33x in a real run on the idle VM
-  # since) for 600 steps, the time of AdamW's 800:
+  # flow_shapes' Muon. The choices below were measured at width 128 (the quickstart's
+  # width before stop 37) and kept at 96. Muon (1.32x AdamW's time per step; 1.33x in a
+  # real run on the idle VM since) for 600 steps, the time of AdamW's 800:
   # 5.2% +- 0.7% / 3.4% +- 0.0% all stated right against AdamW's 4.0% +- 0.6% / 3.1%
   # +- 0.3% (--config.stage2.optimizer=adamw --config.stage2.optimizer_kwargs="{'b2':
   # 0.99}" --config.stage2.max_steps=800, the default before, idle AMD VM, 2026-12-04) and
@@ -70,8 +71,8 @@ def get_config():
   # steps (0.38x the time per step) 10.0% +- 0.2% / 6.9% +- 0.3% (the same stage 1;
   # AMD VM, 2026-12-05; README "Quick start"). In the full hour 96 is worse (README).
   c.stage2.model_kwargs.width = 96
-  # A constant rate after the warm-up, as measured here (flow_shapes cools its rate over
-  # its last 2,000 of 8,000 steps). Cooled over the last 200 of 600 (--config.stage2.
+  # A constant rate after the warm-up, as measured at width 128 (flow_shapes cools its
+  # rate over its last 2,600 steps). Cooled over the last 200 of 600 (--config.stage2.
   # lr_schedule=wsd --config.stage2.lr_decay_start=400 --config.stage2.lr_decay_steps=600,
   # the same stage 1, 2026-12-05): 5.5% +- 0.3% / 3.8% +- 0.2%, within the seeds' spread.
   c.stage2.lr_schedule = "constant"
