@@ -49,8 +49,9 @@ def get_config():
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
-  --config.stage2.lr_decay_steps=10000; 2026-12-05, stop 36): all stated right 86.8% +- 1.6% test, 86.0% +- 1.3% compositional, relations
-  84% (84% compositional), shapes 92%, counts 99%; in-loop test v_mse 0.139,
+  --config.stage2.lr_decay_steps=10000; 2026-12-05, stop 36): all stated right 86.8%
+  +- 1.6% test, 86.0% +- 1.3% compositional, relations 84% (84% compositional), shapes
+  92%, counts 99%; in-loop test v_mse 0.139,
   caption_gain 0.082 (train split: 0.134 / 0.088). Targets (95% / 80% / relations 90%):
   test missed by 8 points, compositional met (by 6), relations missed by 6. Run time:
   this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with /usr/bin/time: 54.6

@@ -67,10 +67,11 @@ def get_config():
   # Muon at 1x's 2.7% +- 0.2% / 2.1% +- 0.3% (2026-12-05).
   c.stage2.max_steps = 1000
   # Width 96, not flow_shapes' 160 (nor 128, its width before stop 37): its step takes
-  # 0.6x width 128's time, so 1,000 steps cost what 600 did, and this short, steps bind: 14.5% +- 0.6% / 9.3% +- 0.6% all stated right
-  # against width 128's 5.0% +- 0.6% / 3.5% +- 0.4% at 600 steps; width 64 for 1,550
-  # steps (0.38x the time per step) 10.0% +- 0.2% / 6.9% +- 0.3% (the same stage 1;
-  # AMD VM, 2026-12-05; README "Quick start"). In the full hour 96 is worse, 160 better (README).
+  # 0.6x width 128's time, so 1,000 steps cost what 600 did, and this short, steps bind:
+  # 14.5% +- 0.6% / 9.3% +- 0.6% all stated right against width 128's 5.0% +- 0.6% /
+  # 3.5% +- 0.4% at 600 steps; width 64 for 1,550 steps (0.38x the time per step) 10.0%
+  # +- 0.2% / 6.9% +- 0.3% (the same stage 1; AMD VM, 2026-12-05; README "Quick start").
+  # In the full hour 96 is worse, 160 better (README).
   c.stage2.model_kwargs.width = 96
   c.stage2.model_kwargs.num_heads = 4  # 4 heads of 24 (flow_shapes: 5 of 32 at width 160)
   # A constant rate after the warm-up, as measured at width 128 (flow_shapes cools its
