@@ -24,8 +24,8 @@ def get_config():
   Stage 1: LatentAE (space-to-depth 4 to 128 channels, no residual block), 16x16x4 latent,
   loss MSE + 1e-4 x KL per latent dim, Muon on the conv kernels and AdamW on the biases
   (2e-3, 100 warm-up steps), batch 64, 1,000 steps.
-  Stage 2: FlowDiT, 16 tokens (patch 4) of width 160 (5 heads), depth 4, one self-attention layer
-  over the words, adaLN on time + pooled caption, cross-attention to the words; t =
+  Stage 2: FlowDiT, 16 tokens (patch 4) of width 160 (5 heads), depth 4, one
+  self-attention layer over the words, adaLN on time + pooled caption, cross-attention to the words; t =
   sigmoid(N(0.5, 1)) (t = 1 is noise), 10% caption dropout; Muon on the weight matrices
   (3e-3: matrix_lr_scale 3; Newton-Schulz batched per matrix shape) and AdamW on the rest
   (1e-3, AdamW's b2 0.99), 200 warm-up steps, constant to step 5,000, then linearly to 0
