@@ -41,11 +41,12 @@ def get_config():
   (91.2%), shapes 94%, counts 99%; in-loop test v_mse 0.137, caption_gain 0.082. Targets
   (95% / 80% / relations 90%): test missed by 6 points, compositional met, relations
   met barely (+-2.1 over seeds).
-  Run time: not yet timed cold in one command. Stage 2 ran at a median 2.51 steps/s
-  alone (epochs of 703 steps in 267-290 s; its first 2,148 steps shared the VM with
-  other runs), 0.67x the width-128 default's 3.75, so its 6,800 steps take about the
-  time of that default's 10,000 (about 47 min against 48.6; preparing and stage 1 are
-  unchanged: 110.7 s and 250.8 s in the cold run below).
+  Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
+  /usr/bin/time: 51.9 min (preparing 97.3 s, stage 1 224.3 s, stage 2 about 46.5 min at
+  2.5-2.65 steps/s with its evals; peak RSS 4.5 GB) on the idle VM, 2026-12-05 (stop
+  38); its final in-loop eval equals the scored run's to every digit. A middling hour:
+  scaled by stage 1's time to the stop-36 timing's hour below, about 58 min; to the
+  slowest hour seen, about 68.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
