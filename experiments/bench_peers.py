@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   flow_shapes / flow_flickr8k at 42% / 48% with 8 timed steps per window, 49% / 49% with
   32 (the default since). (Idle Intel Xeon VM, 2026-12-02: 1.03x / 1.12x / 1.17x, 84% of
   222 GFLOP/s, the flow step at one per call 41% with the encoder in it; 6.4 min.)
+  Latest (idle AMD VM, 2026-12-05, stop 38, torch not installed; 5.8 min): 1.94x Keras at
+  batch 1 (90% of the memory limit, 3.69 ms), 1.55x at 64, 1.58x at 1024 (62% of a slow
+  186.6 GFLOP/s sgemm; Keras had a slow hour), flow_shapes' width-160 step 59% of sgemm,
+  flow_flickr8k's 48%.
   """
   return ml_collections.ConfigDict({
       "batches": (1, 64, 1024),
