@@ -44,7 +44,7 @@ def get_config():
   Run time: this command, cold (fresh T2I_DATA_DIR), uninterrupted, timed with
   /usr/bin/time: 51.9 min (preparing 97.3 s, stage 1 224.3 s, stage 2 about 46.5 min at
   2.5-2.65 steps/s with its evals; peak RSS 4.5 GB) on the idle VM, 2026-12-05 (stop
-  38); its final in-loop eval equals the scored run's to every digit. A middling hour:
+  38); t2i evaluate on it gives the scores above again. A middling hour:
   scaled by stage 1's time to the stop-36 timing's hour below, about 58 min; to the
   slowest hour seen, about 68.
   Wider at the same time (stop 38; --config.stage2.model_kwargs.width=192
