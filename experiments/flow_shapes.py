@@ -164,7 +164,7 @@ def get_config():
   # and caption_gain 0.051 at step 4,921 against 0.113 / 0.066 at 3x; stopped there), and
   # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (README).
   c.stage2.optimizer_kwargs.matrix_lr_scale = 3.0
-  # 10,000 steps, the rate cooled linearly to 0 over the last 2,600 (lr_schedule=wsd), with
+  # At width 128 (stop 36): 10,000 steps, the rate cooled linearly to 0 over the last 2,600, with
   # Muon's Newton-Schulz batched per matrix shape (optim.scale_by_batched_muon: the same
   # math, 1.07x the steps/s here): 86.8% / 86.0% / relations 84% all stated right in 54.6
   # min cold (the docstring's run), against 85.6% / 83.8% / 84% for 9,500 steps cooled

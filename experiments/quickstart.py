@@ -75,7 +75,7 @@ def get_config():
   c.stage2.model_kwargs.width = 96
   c.stage2.model_kwargs.num_heads = 4  # 4 heads of 24 (flow_shapes: 5 of 32 at width 160)
   # A constant rate after the warm-up, as measured at width 128 (flow_shapes cools its
-  # rate over its last 2,600 steps). Cooled over the last 200 of 600 (--config.stage2.
+  # rate over its last 1,800 steps). Cooled over the last 200 of 600 (--config.stage2.
   # lr_schedule=wsd --config.stage2.lr_decay_start=400 --config.stage2.lr_decay_steps=600,
   # the same stage 1, 2026-12-05): 5.5% +- 0.3% / 3.8% +- 0.2%, within the seeds' spread.
   c.stage2.lr_schedule = "constant"
