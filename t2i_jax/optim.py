@@ -39,13 +39,18 @@ def keras_rmsprop(
   )
 
 
+# flax's MultiHeadDotProductAttention names its input projections so (3-D DenseGeneral kernels).
+_ATTENTION_PROJECTIONS = ("query", "key", "value")
+
+
 def muon_dimensions(params: Any) -> Any:
   """Which params Muon orthogonalises, and along which axes; None sends a leaf to AdamW.
 
   Every Dense kernel (2-D: inputs x outputs), flax attention's 3-D kernels (query, key
   and value are [features, heads, head_dim], heads x head_dim the output; ``out`` is
-  [heads, head_dim, features]) and 2-D conv kernels, [kh, kw, in, out] flattened to
-  (kh * kw * in) x out as in Keller Jordan's Muon. Biases, norms and embeddings go to AdamW.
+  [heads, head_dim, features]) and conv kernels, [kh, kw, in, out] (or a 1-D conv's [k, in,
+  out]) flattened to (kh * kw * in) x out as in Keller Jordan's Muon. Biases, norms and
+  embeddings go to AdamW.
   """
   def spec(path, leaf):
     names = [str(getattr(k, "key", k)) for k in path]
@@ -53,11 +58,10 @@ def muon_dimensions(params: Any) -> Any:
       return None
     if leaf.ndim == 2:
       return MuonDimensionNumbers(0, 1)
-    if leaf.ndim == 4:
-      return MuonDimensionNumbers((0, 1, 2), 3)
-    if names[-2] == "out":
-      return MuonDimensionNumbers((0, 1), 2)
-    return MuonDimensionNumbers(0, (1, 2))
+    if leaf.ndim == 3 and len(names) > 1 and names[-2] in _ATTENTION_PROJECTIONS:
+      return MuonDimensionNumbers(0, (1, 2))
+    # ``out`` of attention, and any other conv: the last axis is the output.
+    return MuonDimensionNumbers(tuple(range(leaf.ndim - 1)), leaf.ndim - 1)
   return jax.tree_util.tree_map_with_path(spec, params)
 
 

@@ -83,19 +83,22 @@ def test_make_optimizer():
 def test_muon_orthogonalises_the_weight_matrices_and_leaves_the_rest_to_adamw():
   """Muon's first update of a kernel has near-equal singular values (the gradient's span
   a factor 100); 3-D attention kernels are matrices over (in) x (heads, head_dim) and
-  (heads, head_dim) x (out), conv kernels (kh * kw * in) x out; biases and embeddings
+  (heads, head_dim) x (out), conv kernels (kh * kw * in) x out (1-D: (k * in) x out); biases and embeddings
   get AdamW's update."""
   rng = np.random.default_rng(0)
   params = {"fc": {"kernel": jnp.zeros((8, 6)), "bias": jnp.zeros((6,))},
             "attn": {"query": {"kernel": jnp.zeros((8, 2, 3))},
                      "out": {"kernel": jnp.zeros((2, 3, 8))}},
             "conv": {"kernel": jnp.zeros((3, 3, 2, 4)), "bias": jnp.zeros((4,))},
+            "conv1d": {"kernel": jnp.zeros((3, 2, 4))},
             "pos_embedding": jnp.zeros((4, 8))}
   dims = optim.muon_dimensions(params)
   assert dims["fc"]["kernel"] == optim.MuonDimensionNumbers(0, 1)
   assert dims["attn"]["query"]["kernel"] == optim.MuonDimensionNumbers(0, (1, 2))
   assert dims["attn"]["out"]["kernel"] == optim.MuonDimensionNumbers((0, 1), 2)
   assert dims["conv"]["kernel"] == optim.MuonDimensionNumbers((0, 1, 2), 3)
+  # A 1-D conv's [k, in, out] is not an attention kernel: (k * in) x out.
+  assert dims["conv1d"]["kernel"] == optim.MuonDimensionNumbers((0, 1), 2)
   assert dims["fc"]["bias"] is None and dims["conv"]["bias"] is None
   assert dims["pos_embedding"] is None
   u, _, vt = np.linalg.svd(rng.normal(size=(8, 6)), full_matrices=False)
