@@ -51,6 +51,9 @@ def get_config():
   --config.stage2.model_kwargs.num_heads=6 --config.stage2.max_steps=5000
   --config.stage2.lr_decay_start=3700 --config.stage2.lr_decay_steps=5000; 1.38x the
   time per step): 75.2% +- 0.7% / 71.4% +- 1.4% / relations 66%, v_mse 0.144; not kept.
+  Deeper and narrower for 1/0.94 the steps (stop 39; width 128, 4 heads, depth 6,
+  max_steps 7250, decay 5350-7250): no faster in the run and behind at every eval (test
+  v_mse 0.180 against 0.173 at step 2,812); stopped there, not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
