@@ -54,6 +54,9 @@ def get_config():
   Deeper and narrower for 1/0.94 the steps (stop 39; width 128, 4 heads, depth 6,
   max_steps 7250, decay 5350-7250): no faster in the run and behind at every eval (test
   v_mse 0.180 against 0.173 at step 2,812); stopped there, not kept.
+  Muon with 3 Newton-Schulz iterations for 1/0.91 the steps (stop 39; optimizer_kwargs
+  ns_steps 3, max_steps 7480, decay 5500-7480): 0.92x the epoch time, behind at equal
+  steps and at equal time (test v_mse 0.199 against 0.190 at step 2,109); stopped, not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
