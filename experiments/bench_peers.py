@@ -82,7 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   Latest (idle AMD VM, 2026-12-05, stop 38, torch not installed; 5.8 min): 1.94x Keras at
   batch 1 (90% of the memory limit, 3.69 ms), 1.55x at 64, 1.58x at 1024 (62% of a slow
   186.6 GFLOP/s sgemm; Keras had a slow hour), flow_shapes' width-160 step 59% of sgemm,
-  flow_flickr8k's 48%.
+  flow_flickr8k's 48%. Stop 39 (2026-12-06, the same code, another slow hour; 6.2 min):
+  2.35x Keras at batch 1 (95% of a 4.03 ms update pass), 1.62x at 64 (Keras at 47 ms
+  against its idle 26.6), 1.25x at 1024 (60% of 186.5 GFLOP/s); flow steps 56% / 44%.
   """
   return ml_collections.ConfigDict({
       "batches": (1, 64, 1024),
