@@ -59,6 +59,8 @@ def get_config():
   steps and at equal time (test v_mse 0.199 against 0.190 at step 2,109); stopped, not kept.
   Ten heads of 16 (stop 39; num_heads 10): level at equal steps (v_mse 0.213 against 0.214
   at step 1,406), epochs 4% longer; stopped, not kept.
+  Width 176 with a 3x MLP (stop 39; width 176, 4 heads, mlp_ratio 3): epochs 1.08-1.11x,
+  v_mse 0.215 against 0.214 at step 1,406; stopped, not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
