@@ -141,38 +141,38 @@ def get_config():
   c.num_images = 20000
   # No residual block in the autoencoder (flow_config keeps one, for Flickr8k): stage 1 is
   # 7.6x faster on the AMD VM (307 s against 2,324 s for 1,000 steps) and stage 2 follows
-  # captions as well in its latent (README, "Results: built-in shapes (flow)").
+  # captions as well in its latent (docs/flow_experiments.md).
   for stage in (c.stage1, c.stage2):  # stage 2 decodes with stage 1's frozen params
     stage.model_kwargs.ae.num_res = 0
   # t ~ sigmoid(N(0.5, 1)), towards the noise end (t = 1 is noise), where the layout is
   # chosen: at 7,000 steps 45.9% / 39.8% / relations 35% all stated right against 42.4% /
-  # 36.2% / 30% at t_mean 0 (README, "Results: built-in shapes (flow)").
+  # 36.2% / 30% at t_mean 0 (docs/flow_experiments.md).
   c.stage2.model_kwargs.t_mean = 0.5
   # One self-attention layer over the words, not flow_config's two: better per step on
   # shapes (at step 5,000, 46.0% / 41.8% / relations 39% all stated right against 41.5% /
-  # 35.2% / 32%) and a slightly cheaper step (README, "Results: built-in shapes (flow)").
+  # 35.2% / 32%) and a slightly cheaper step (docs/flow_experiments.md).
   # None at all is worse: 40.1% / 32.2% / 32% at step 5,000, and no faster.
   c.stage2.model_kwargs.text_layers = 1
   # 2,000 stage-1 steps (shapes read back at 96.0% against 94.1%) give the default's stage 2
-  # nothing: 73.9% / 75.9% / relations 81% against 76.2% / 76.7% / 84% (README).
+  # nothing: 73.9% / 75.9% / relations 81% against 76.2% / 76.7% / 84% (docs/flow_experiments.md).
   c.stage1.max_steps = 1000
   # Muon on stage 1's conv kernels too (flattened to (3 * 3 * in) x out; AdamW, at Adam's
   # 2e-3, on the biases): at the same 1,000 steps and time per step, test PSNR 34.6 dB
   # against Adam's 29.8, shapes read back at 99.0% test / 99.9% compositional against 94.1%
-  # / 96.7% (README, stage 1 table). Cooled over its last 300 steps (lr_schedule wsd):
+  # / 96.7% (docs/flow_experiments.md). Cooled over its last 300 steps (lr_schedule wsd):
   # 35.6 dB, shapes 98.9% / 99.9%, the same read: the rate stays constant.
   c.stage1.optimizer = "muon"
   # Muon on the weight matrices (AdamW on the rest; optim.make_muon, at AdamW's rate and
   # decay): far more per step, at 1.33x AdamW's time per step in a real run (3.51 against
-  # 4.68 steps/s; the same alone in an isolated step; README). At 7,000 steps, 69.2% /
-  # 66.4% / relations 76% all stated right against AdamW's 66.4% / 62.2% / 75% at 9,000
-  # (README, "Results: built-in shapes (flow)").
+  # 4.68 steps/s; the same alone in an isolated step). At 7,000 steps, 69.2% / 66.4% /
+  # relations 76% all stated right against AdamW's 66.4% / 62.2% / 75% at 9,000
+  # (docs/flow_experiments.md).
   c.stage2.optimizer = "muon"
   # The Muon half at 3x the rate (3e-3; AdamW's half stays at 1e-3): at 7,000 steps
   # 76.2% / 76.7% / relations 84% all stated right against 69.2% / 66.4% / 76% at 1x (and
   # 75.4% / 73.3% / 82% at 1x and 9,000 steps); 8x is too high (in-loop test v_mse 0.127
   # and caption_gain 0.051 at step 4,921 against 0.113 / 0.066 at 3x; stopped there), and
-  # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (README).
+  # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (docs/flow_experiments.md).
   c.stage2.optimizer_kwargs.matrix_lr_scale = 3.0
   # At width 128 (stop 36): 10,000 steps, the rate cooled linearly to 0 over the last 2,600, with
   # Muon's Newton-Schulz batched per matrix shape (optim.scale_by_batched_muon: the same
@@ -180,13 +180,14 @@ def get_config():
   # min cold (the docstring's run), against 85.6% / 83.8% / 84% for 9,500 steps cooled
   # from 7,000 with optax's Muon (the default of stop 35, 55.4 min) and 82.7% / 80.5% / 82%
   # for 8,000 cooled from 6,000 (stop 34; with Adam's stage 1 80.3% / 80.1% / 87%, and
-  # 79.0% / 79.1% / 85% at the constant rate; README). Scaled to the slowest hour seen on
-  # the 2-core VM (2026-12-04) it would take about 64 min: over the hour (README).
+  # 79.0% / 79.1% / 85% at the constant rate; docs/flow_experiments.md). Scaled to the
+  # slowest hour seen on the 2-core VM (2026-12-04) it would take about 64 min: over the
+  # hour (docs/flow_experiments.md).
   c.stage2.optimizer_kwargs.batched_newton_schulz = True
   # Width 160 (5 heads of 32) for 6,800 steps, cooled from 5,000 (the same 26%): 1.5x the
   # time per step of width 128, so the same stage-2 time as its 10,000, and 88.9% / 88.3%
   # / relations 90% all stated right against 86.8% / 86.0% / 84% (stop 37). Width 96 for
-  # 17,000 steps in that time: 79.3% / 77.4% / 81% (README).
+  # 17,000 steps in that time: 79.3% / 77.4% / 81% (docs/flow_experiments.md).
   c.stage2.model_kwargs.width = 160
   c.stage2.model_kwargs.num_heads = 5
   c.stage2.max_steps = 6800
@@ -195,8 +196,9 @@ def get_config():
   c.stage2.lr_decay_steps = 6800
   c.stage1.num_epochs = 100  # max_steps ends each stage
   c.stage2.num_epochs = 100
-  # Guidance 7, not flow_config's 3: swept at the finished 7,000-step run (README), all
-  # stated right rises 27% (g 1), 40% (2), 45% (3), 46% (4), 49% (7), 47% (10).
+  # Guidance 7, not flow_config's 3: swept at the finished 7,000-step run
+  # (docs/flow_experiments.md), all stated right rises 27% (g 1), 40% (2), 45% (3), 46%
+  # (4), 49% (7), 47% (10).
   c.stage2.sample_guidance = 7.0
   # Learning rates: constant after the warm-up in stage 1; stage 2's only cools at its end
   # (above). A cosine to 0 was measured worse in both

@@ -70,11 +70,11 @@ def get_config():
   # 0.6x width 128's time, so 1,000 steps cost what 600 did, and this short, steps bind:
   # 14.5% +- 0.6% / 9.3% +- 0.6% all stated right against width 128's 5.0% +- 0.6% /
   # 3.5% +- 0.4% at 600 steps; width 64 for 1,550 steps (0.38x the time per step) 10.0%
-  # +- 0.2% / 6.9% +- 0.3% (the same stage 1; AMD VM, 2026-12-05; README "Quick start").
+  # +- 0.2% / 6.9% +- 0.3% (the same stage 1; AMD VM, 2026-12-05; docs/flow_experiments.md).
   # In the full hour 96 is worse, 160 better (README).
   # Batch 128, not smaller: batch 64 for 1,550 / 1,700 steps or batch 32 for 2,800 in
   # about the same time give 14.4-14.6% on test (level) and 10-12% compositional (stop
-  # 39, the same stage 1; README "Quick start").
+  # 39, the same stage 1; docs/flow_experiments.md).
   c.stage2.model_kwargs.width = 96
   c.stage2.model_kwargs.num_heads = 4  # 4 heads of 24 (flow_shapes: 5 of 32 at width 160)
   # A constant rate after the warm-up, as measured at width 128 (flow_shapes cools its
