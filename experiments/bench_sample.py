@@ -27,9 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
   (a family without guidance or steps, such as the CVAE: add --config.guidance='()'
   --config.steps='()' to time its own setting alone).
 
-  Measured (idle 2-core AMD EPYC VM, 2026-12-05; the experiments.flow_shapes default's run,
-  step 8,000; 1.8 min in all, peak RSS 1.0 GB): Euler 20 steps 81.2 images/s at guidance
-  7, 142.6 at 1; at guidance 7, 304 images/s with 4 steps, 51.0 with 32.
+  Measured (idle 2-core AMD EPYC VM, 2026-12-06 02:30 UTC; the experiments.flow_shapes
+  default's cold-timed run of stop 38, width 160, step 6,800; 2.8 min in all, peak RSS
+  1.0 GB): Euler 20 steps 50.4 images/s at guidance 7, 87.7 at 1; at guidance 7, 212
+  images/s with 4 steps, 33.2 with 32.
+  Earlier (idle 2-core AMD EPYC VM, 2026-12-05; the then default's run at width 128, step
+  8,000; 1.8 min in all, peak RSS 1.0 GB): Euler 20 steps 81.2 images/s at guidance 7,
+  142.6 at 1; at guidance 7, 304 images/s with 4 steps, 51.0 with 32.
   Earlier (idle 2-core AMD EPYC VM, 2026-12-04; the experiments.flow_shapes run at
   t_mean 0, step 7,000: the default's sampling work, t_mean only moves training's t; 3.1 min in all, peak RSS 1.0 GB): Euler 20 steps 54.9 images/s at guidance 7,
   107.7 at 1; at guidance 7, 199 images/s with 4 steps, 38.0 with 32.
