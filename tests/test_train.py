@@ -304,3 +304,37 @@ def test_overrides_take_nested_and_mixed_sequences():
     configs.apply_overrides(bench_train.get_config(), ['--config.rows=(("model1", "x", 16),)'])
   with pytest.raises(UserError, match="--config.rows"):
     configs.apply_overrides(bench_train.get_config(), ['--config.rows=(("model1", 64),)'])
+
+
+def _table_of(num_images: int, captions_per_image: int = 5) -> pipeline.Table:
+  n = num_images * captions_per_image
+  return pipeline.Table(
+      images=np.zeros((num_images, 64, 64, 3), np.uint8),
+      image_index=np.repeat(np.arange(num_images, dtype=np.int32), captions_per_image),
+      text=np.zeros((n, 24, 50), np.float32), mask=np.ones((n, 24), bool),
+      caption_index=np.zeros(n, np.int32), image_ids=np.array([""] * num_images),
+      captions=np.array([""] * n), clean_captions=np.array([""] * n), extras={})
+
+
+def test_auto_device_data_budget_on_the_cpu():
+  """'auto' keeps the train table on the CPU device when it fits device_data_fraction of the
+  host's memory (or device_data_budget_mb where set), and says why when it does not."""
+  from t2i_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  c = configs.base_config()
+  assert c.data_on_device == "auto" and c.device_data_budget_mb == 0
+  host = step_lib.host_memory_bytes()
+  assert host is not None and host > 2**28  # a real machine reports its memory
+  budget, source = step_lib.device_data_budget(c)
+  assert budget == pytest.approx(c.device_data_fraction * host) and "host's memory" in source
+  table = _table_of(2000)  # 73 MB: images once, 10,000 captions of 24 GloVe words
+  mb = sum(v.nbytes for v in pipeline.pair_columns(table).values()) / 2**20
+  c.device_data_budget_mb = int(mb) + 1
+  assert step_lib.device_data_decision(c, table)[0]
+  c.device_data_budget_mb = int(mb)
+  on_device, why = step_lib.device_data_decision(c, table)
+  assert not on_device
+  assert "over the on-device budget" in why and "--config.data_on_device=always" in why
+  c.data_on_device = "always"
+  assert step_lib.use_device_data(c, table)
+  c.data_on_device, c.device_data_budget_mb = "never", 0
+  assert not step_lib.use_device_data(c, table)

@@ -311,7 +311,9 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
     if int(state.step) != saved.step:  # the newest checkpoint was unreadable: use its own meta
       saved = CheckpointMeta.from_json(checkpointer.restore_meta(int(state.step)))
   step = int(state.step)
-  on_device = step_lib.use_device_data(config, train_table)
+  on_device, why = step_lib.device_data_decision(config, train_table)
+  if main and config.data_on_device == "auto" and not on_device:
+    print(f"data: {why}.")
   device_data, features = None, None
   if on_device:  # a family may read the images only through frozen params: encode them once
     features = method.image_features(state.frozen, train_table.images)

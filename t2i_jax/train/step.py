@@ -25,6 +25,8 @@ nothing measurable."""
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -241,25 +243,65 @@ def device_table(table: pipeline.Table, mesh: jax.sharding.Mesh,
   return parallel.replicate(columns, mesh)
 
 
-def use_device_data(config, table: pipeline.Table) -> bool:
-  """config.data_on_device: 'always', 'never', or 'auto' = fits the device memory budget.
+def host_memory_bytes() -> int | None:
+  """The host's physical memory, or the cgroup (container) limit where that is lower; None
+  where neither can be read."""
+  sizes = []
+  try:
+    sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (AttributeError, ValueError, OSError):
+    pass
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      text = Path(path).read_text().strip()
+    except OSError:
+      continue
+    if text.isdigit() and int(text) < 2**60:  # 'max' or a huge number: no limit
+      sizes.append(int(text))
+  return min(sizes) if sizes else None
 
-  The budget is ``device_data_fraction`` of a device's memory where the device reports it
-  (GPUs, TPUs), else ``device_data_budget_mb`` (CPU reports none).
-  """
-  if config.data_on_device != "auto":
-    return config.data_on_device == "always"
+
+def device_data_budget(config) -> tuple[float, str]:
+  """The bytes of train table that 'auto' puts on each device, and where that figure comes
+  from: ``device_data_fraction`` of the device's memory where the device reports it (GPUs,
+  TPUs); on the CPU, ``device_data_budget_mb`` where it is > 0, else the same fraction of
+  the host's memory (the CPU device's memory is the host's)."""
   try:
     stats = jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except  # not every backend implements it
     stats = {}
-  limit = stats.get("bytes_limit")
-  if limit:
-    budget = float(config.device_data_fraction) * limit
-  else:
-    budget = float(config.device_data_budget_mb) * 2**20
+  fraction = float(config.device_data_fraction)
+  if stats.get("bytes_limit"):
+    return (fraction * stats["bytes_limit"],
+            f"device_data_fraction {fraction:g} of the device's memory")
+  if float(config.device_data_budget_mb) > 0:
+    return float(config.device_data_budget_mb) * 2**20, "device_data_budget_mb"
+  host = host_memory_bytes()
+  if host is None:
+    return 1024.0 * 2**20, "1 GiB: the host's memory could not be read"
+  return fraction * host, f"device_data_fraction {fraction:g} of the host's memory"
+
+
+def device_data_decision(config, table: pipeline.Table) -> tuple[bool, str]:
+  """(keep the train table on the devices?, one line saying why) for config.data_on_device:
+  'always', 'never', or 'auto' = the table fits ``device_data_budget``."""
+  if config.data_on_device != "auto":
+    return config.data_on_device == "always", f"data_on_device={config.data_on_device}"
+  budget, source = device_data_budget(config)
   nbytes = sum(v.nbytes for v in pipeline.pair_columns(table).values())
-  return nbytes <= budget
+  mb = lambda n: f"{n / 2**20:,.0f} MB"
+  if nbytes <= budget:
+    return True, (f"the train table ({mb(nbytes)}) fits the on-device budget ({mb(budget)}, "
+                  f"{source})")
+  return False, (f"the train table ({mb(nbytes)}) is over the on-device budget ({mb(budget)}, "
+                 f"{source}): batches come from tf.data on the host, and a family with frozen "
+                 "image features (the flow model) encodes every batch again; "
+                 "--config.data_on_device=always keeps the table on the device")
+
+
+def use_device_data(config, table: pipeline.Table) -> bool:
+  """config.data_on_device: 'always', 'never', or 'auto' (``device_data_decision``)."""
+  return device_data_decision(config, table)[0]
 
 
 def _train_chunk_on_device(state, data, index, rng, num_steps, skip_nonfinite=False):
@@ -283,5 +325,5 @@ def train_chunk_on_device(state: TrainState, data: Mapping[str, jax.Array], inde
                                     skip_nonfinite=bool(skip_nonfinite))
 
 
-__all__ = ["device_table", "train_chunk", "train_chunk_on_device", "train_step",
-           "use_device_data"]
+__all__ = ["device_data_budget", "device_data_decision", "device_table", "host_memory_bytes",
+           "train_chunk", "train_chunk_on_device", "train_step", "use_device_data"]
