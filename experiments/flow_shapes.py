@@ -66,6 +66,8 @@ def get_config():
   at step 1,406), epochs 4% longer; stopped, not kept.
   Width 176 with a 3x MLP (stop 39; width 176, 4 heads, mlp_ratio 3): epochs 1.08-1.11x,
   v_mse 0.215 against 0.214 at step 1,406; stopped, not kept.
+  Muon's matrices at 4x, run to the end (stop 40; optimizer_kwargs.matrix_lr_scale 4.0):
+  84.5% +- 1.3% / 78.7% +- 1.4% / relations 80%, in-loop v_mse 0.138 (0.137); not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
@@ -177,7 +179,8 @@ def get_config():
   # 76.2% / 76.7% / relations 84% all stated right against 69.2% / 66.4% / 76% at 1x (and
   # 75.4% / 73.3% / 82% at 1x and 9,000 steps); 8x is too high (in-loop test v_mse 0.127
   # and caption_gain 0.051 at step 4,921 against 0.113 / 0.066 at 3x; stopped there), and
-  # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (docs/flow_experiments.md).
+  # so are 5x and 4x: ahead to step 2,109, behind from 2,812 on (docs/flow_experiments.md);
+  # at width 160 with the cool-down, 4x ends at 84.5% / 78.7% against 3x's 88.9% / 88.3%.
   c.stage2.optimizer_kwargs.matrix_lr_scale = 3.0
   # At width 128 (stop 36): 10,000 steps, the rate cooled linearly to 0 over the last 2,600, with
   # Muon's Newton-Schulz batched per matrix shape (optim.scale_by_batched_muon: the same
