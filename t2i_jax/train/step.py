@@ -265,7 +265,8 @@ def device_data_budget(config) -> tuple[float, str]:
   """The bytes of train table that 'auto' puts on each device, and where that figure comes
   from: ``device_data_fraction`` of the device's memory where the device reports it (GPUs,
   TPUs); on the CPU, ``device_data_budget_mb`` where it is > 0, else the same fraction of
-  the host's memory (the CPU device's memory is the host's)."""
+  the host's memory (the CPU device's memory is the host's), split over the process's
+  devices: each holds its own copy, and forced CPU devices share the one memory."""
   try:
     stats = jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except  # not every backend implements it
@@ -279,7 +280,9 @@ def device_data_budget(config) -> tuple[float, str]:
   host = host_memory_bytes()
   if host is None:
     return 1024.0 * 2**20, "1 GiB: the host's memory could not be read"
-  return fraction * host, f"device_data_fraction {fraction:g} of the host's memory"
+  devices = jax.local_device_count()
+  return (fraction * host / devices, f"device_data_fraction {fraction:g} of the host's memory"
+          + (f" over {devices} devices" if devices > 1 else ""))
 
 
 def device_data_decision(config, table: pipeline.Table) -> tuple[bool, str]:
