@@ -357,6 +357,31 @@ def test_dropped_caption_ignores_the_caption(flow_setup):
                              np.asarray(apply(jnp.flip(batch["text"], 0))), atol=1e-6)
 
 
+def test_a_narrower_word_encoder_feeds_the_wider_dit(flow_setup):
+  """text_width < width: the words stay narrow, the pooled caption and the DiT do not."""
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+      dict(TINY, text_width=16))))
+  params = method.init(jax.random.key(2), _batch())
+  enc = params["word_encoder"]
+  assert enc["embed"]["kernel"].shape == (D, 16)
+  assert enc["pool_out"]["kernel"].shape == (16, 32)
+  assert params["null_word"].shape == (16,)
+  assert params["block0"]["cross_attn"]["key"]["kernel"].shape[0] == 16
+  # Open the zero-initialised gates (as flow_setup does), so the caption reaches v.
+  params = jax.tree.map(lambda p: p + 0.05, params)
+  batch = _batch()
+  x = method.initial_noise(jax.random.split(jax.random.key(13), B))
+  t = jnp.full((B,), 0.5, jnp.float32)
+  drop = jnp.array([True, False, True, False])
+  v = method.model.apply({"params": params}, x, t, batch["text"], batch["mask"], drop)
+  chex.assert_shape(v, x.shape)
+  assert _finite_tree(v)
+  grads = jax.grad(lambda p: method.loss(p, batch, jax.random.key(3), jnp.int32(0),
+                                         flow_setup[2])[0])(params)
+  assert _finite_tree(grads)
+  assert float(jnp.abs(grads["word_encoder"]["embed"]["kernel"]).max()) > 0
+
+
 @pytest.mark.parametrize("options", [
     {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
     {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},
