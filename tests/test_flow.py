@@ -382,6 +382,29 @@ def test_a_narrower_word_encoder_feeds_the_wider_dit(flow_setup):
   assert float(jnp.abs(grads["word_encoder"]["embed"]["kernel"]).max()) > 0
 
 
+def test_shared_adaln_is_one_dense_plus_a_table_per_block(flow_setup):
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+      dict(TINY, shared_adaln=True, depth=2))))
+  params = method.init(jax.random.key(4), _batch())
+  assert params["adaLN"]["kernel"].shape == (32, 9 * 32)
+  for i in range(2):
+    assert "adaLN" not in params[f"block{i}"]
+    assert params[f"block{i}"]["adaLN_table"].shape == (9 * 32,)
+  batch = _batch()
+  x = method.initial_noise(jax.random.split(jax.random.key(14), B))
+  t = jnp.full((B,), 0.5, jnp.float32)
+  v = method.model.apply({"params": params}, x, t, batch["text"], batch["mask"])
+  np.testing.assert_array_equal(np.asarray(v), 0.0)  # zero gates and output layer at init
+  params = dict(params, out={"kernel": params["out"]["kernel"] + 0.05,
+                             "bias": params["out"]["bias"]})
+  grads = jax.grad(lambda p: method.loss(p, batch, jax.random.key(5), jnp.int32(0),
+                                         flow_setup[2])[0])(params)
+  assert _finite_tree(grads)
+  # The gates open through both the shared Dense and each block's own offset.
+  assert float(jnp.abs(grads["adaLN"]["kernel"]).max()) > 0
+  assert float(jnp.abs(grads["block1"]["adaLN_table"]).max()) > 0
+
+
 @pytest.mark.parametrize("options", [
     {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
     {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},
