@@ -68,6 +68,10 @@ def get_config():
   v_mse 0.215 against 0.214 at step 1,406; stopped, not kept.
   Muon's matrices at 4x, run to the end (stop 40; optimizer_kwargs.matrix_lr_scale 4.0):
   84.5% +- 1.3% / 78.7% +- 1.4% / relations 80%, in-loop v_mse 0.138 (0.137); not kept.
+  Words at width 64 for 1/0.79 the steps (stop 41; model_kwargs.text_width 64, max_steps
+  8600, decay 6300-8600): epochs 0.83-0.92x, behind at equal steps (caption_gain 0.061
+  against 0.067 at step 2,812, v_mse 0.178 against 0.173) and on captions at equal time;
+  stopped there, not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
