@@ -339,3 +339,32 @@ def test_auto_device_data_budget_on_the_cpu():
   assert step_lib.use_device_data(c, table)
   c.data_on_device, c.device_data_budget_mb = "never", 0
   assert not step_lib.use_device_data(c, table)
+
+
+def test_auto_device_data_is_one_decision_for_all_processes(monkeypatch):
+  """Hosts with different memory: a table that fits this process's budget but not another
+  process's stays on the host everywhere (different step paths would hang the run)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from t2i_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  table = _table_of(2000)
+  mb = sum(v.nbytes for v in pipeline.pair_columns(table).values()) / 2**20
+  c = configs.base_config()
+  c.device_data_budget_mb = int(mb) + 1  # fits here
+  gathered = []
+  def allgather(x, others):
+    gathered.append(np.asarray(x))
+    return np.stack([np.asarray(x)] + [np.int32([o]) for o in others])
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: allgather(x, others=(True, False)))
+  on_device, why = step_lib.device_data_decision(c, table)
+  assert not on_device and gathered[-1].tolist() == [1]
+  assert "not that of process(es) 2" in why and "--config.data_on_device=always" in why
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: allgather(x, others=(True, True)))
+  assert step_lib.device_data_decision(c, table)[0]
+  # Over this process's own budget: it still joins the gather (the others wait on it).
+  c.device_data_budget_mb = int(mb)
+  calls = len(gathered)
+  assert not step_lib.device_data_decision(c, table)[0]
+  assert len(gathered) == calls + 1 and gathered[-1].tolist() == [0]

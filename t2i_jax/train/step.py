@@ -293,13 +293,32 @@ def device_data_decision(config, table: pipeline.Table) -> tuple[bool, str]:
   budget, source = device_data_budget(config)
   nbytes = sum(v.nbytes for v in pipeline.pair_columns(table).values())
   mb = lambda n: f"{n / 2**20:,.0f} MB"
-  if nbytes <= budget:
-    return True, (f"the train table ({mb(nbytes)}) fits the on-device budget ({mb(budget)}, "
-                  f"{source})")
-  return False, (f"the train table ({mb(nbytes)}) is over the on-device budget ({mb(budget)}, "
-                 f"{source}): batches come from tf.data on the host, and a family with frozen "
-                 "image features (the flow model) encodes every batch again; "
-                 "--config.data_on_device=always keeps the table on the device")
+  always = "--config.data_on_device=always keeps the table on the device"
+  over = _processes_over_budget(nbytes <= budget)  # every process calls it: a barrier
+  if nbytes > budget:
+    return False, (f"the train table ({mb(nbytes)}) is over the on-device budget "
+                   f"({mb(budget)}, {source}): batches come from tf.data on the host, and a "
+                   "family with frozen image features (the flow model) encodes every batch "
+                   f"again; {always}")
+  if over:  # hosts with less memory: every process must run the same step
+    return False, (f"the train table ({mb(nbytes)}) fits this process's on-device budget "
+                   f"({mb(budget)}, {source}) but not that of process(es) "
+                   f"{', '.join(map(str, over))}, and all processes must take one path: "
+                   f"batches come from tf.data on the host; {always}")
+  return True, (f"the train table ({mb(nbytes)}) fits the on-device budget ({mb(budget)}, "
+                f"{source})")
+
+
+def _processes_over_budget(fits: bool) -> list[int]:
+  """The indices of the processes whose 'auto' budget the train table is over (every
+  process must call this: a barrier where there are several). Hosts of one run can differ in
+  memory, and a run whose processes chose different data paths would hang in its first
+  collective."""
+  if jax.process_count() == 1:
+    return [] if fits else [jax.process_index()]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  every = np.asarray(multihost_utils.process_allgather(np.int32([fits]))).reshape(-1)
+  return [i for i, ok in enumerate(every) if not ok]
 
 
 def use_device_data(config, table: pipeline.Table) -> bool:
