@@ -163,9 +163,12 @@ class FlowDiT(nn.Module):
       caption's padded words cost as much as real ones; a narrower encoder cuts the text
       path's share of the step (the self-attention layer over 24 words and each block's
       cross-attention keys and values), and cross-attention projects it up to ``width``.
+      On shapes, 64 gave 0.83-0.92x the epoch time and followed captions worse per step
+      (docs/flow_experiments.md).
     shared_adaln: One adaLN Dense for all blocks plus a learned per-block offset (PixArt-
       alpha's adaLN-single) instead of one Dense per block: the blocks' (cond -> 9 width)
-      matrices were a third of the params, and Muon orthogonalises each every step.
+      matrices were a third of the params, and Muon orthogonalises each every step. On
+      shapes: 0.97x the step time, 3 points fewer images right (docs/flow_experiments.md).
     out_conv: Channels of the 3x3 conv head on the unpatchified output (0 = none).
     max_len: Size of the word position table (the longest caption it reads).
   """
