@@ -75,6 +75,8 @@ def get_config():
   adaLN-single, run to the end (stop 41; model_kwargs.shared_adaln True; 0.97x the step
   time): 85.5% +- 0.9% / 86.0% +- 0.9% / relations 85%, shapes 91.5%, from an in-loop
   v_mse of 0.138 and caption_gain of 0.0816 (the default's 0.137 / 0.0816); not kept.
+  Cooled over the last 41% (stop 41; lr_decay_start 4000): 87.6% +- 0.3% / 87.6% +- 0.4%
+  / relations 89%, v_mse 0.137, caption_gain 0.081; level or a little worse, not kept.
   The width-128 default of stop 36 at 10,000 steps (a run begun with it resumes with
   --config.stage2.model_kwargs.width=128 --config.stage2.model_kwargs.num_heads=4
   --config.stage2.max_steps=10000 --config.stage2.lr_decay_start=7400
