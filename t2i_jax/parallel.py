@@ -194,15 +194,24 @@ def check_same_run(config, workdir) -> None:
     seen = token_path.read_text().split() == [str(x) for x in every[0, 4:6].tolist()]
   except (OSError, ValueError):
     pass
-  seen_all = np.asarray(multihost_utils.process_allgather(np.int32([seen]))).reshape(-1)
+  blind = processes_without(seen)
   if me == 0:
     token_path.unlink(missing_ok=True)
-  if not seen_all.all():
-    blind = [str(p) for p in range(len(seen_all)) if not seen_all[p]]
+  if blind:
     raise UserError(
-        f"the workdir {workdir} is not shared: process(es) {', '.join(blind)} do not see the "
+        f"the workdir {workdir} is not shared: process(es) {', '.join(map(str, blind))} do not see the "
         "file process 0 wrote into it; give every process the same --workdir on storage all "
         "hosts see (e.g. NFS).")
+
+
+def processes_without(flag: bool) -> list[int]:
+  """The indices of the processes whose ``flag`` is False: one small all-gather, so every
+  process must call it (a barrier) and all get the same list. [] or [this process] alone."""
+  if jax.process_count() == 1:
+    return [] if flag else [jax.process_index()]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  every = np.asarray(multihost_utils.process_allgather(np.int32([flag]))).reshape(-1)
+  return [p for p, ok in enumerate(every) if not ok]
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -27,9 +27,9 @@ training pairs of the stage-1 run's dataset (deterministic, so a resumed run get
 value). It travels in the frozen pytree: ``{"params": stage-1 params, "latent_scale": []}``.
 
 Settings (``config.model_kwargs``): ``FlowDiT`` fields (patch, width, depth, num_heads,
-mlp_ratio, text_layers, text_heads, text_width, shared_adaln, max_len) at the top level, the stage-1 architecture
-under ``ae`` (as ``t2i_jax.methods.latent_ae`` reads it), plus ``latent_scale``,
-``t_mean``, ``t_std``.
+mlp_ratio, text_layers, text_heads, text_width, shared_adaln, out_conv, max_len) at the top
+level, the stage-1 architecture under ``ae`` (as ``t2i_jax.methods.latent_ae`` reads it),
+plus ``latent_scale``, ``t_mean``, ``t_std``.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ Array = jax.Array
 
 SOLVERS = ("euler", "heun")
 _DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
-               "text_heads", "text_width", "shared_adaln", "out_conv",
-               "max_len")
+               "text_heads", "text_width", "shared_adaln", "out_conv", "max_len")
 _OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
 # Training pairs whose stage-1 latents set the measured latent scale.
 _SCALE_PAIRS = 1000

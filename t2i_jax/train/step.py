@@ -294,7 +294,9 @@ def device_data_decision(config, table: pipeline.Table) -> tuple[bool, str]:
   nbytes = sum(v.nbytes for v in pipeline.pair_columns(table).values())
   mb = lambda n: f"{n / 2**20:,.0f} MB"
   always = "--config.data_on_device=always keeps the table on the device"
-  over = _processes_over_budget(nbytes <= budget)  # every process calls it: a barrier
+  # Every process joins (a barrier): hosts of one run can differ in memory, and processes
+  # that chose different data paths would hang in the run's first collective.
+  over = parallel.processes_without(nbytes <= budget)
   if nbytes > budget:
     return False, (f"the train table ({mb(nbytes)}) is over the on-device budget "
                    f"({mb(budget)}, {source}): batches come from tf.data on the host, and a "
@@ -307,18 +309,6 @@ def device_data_decision(config, table: pipeline.Table) -> tuple[bool, str]:
                    f"batches come from tf.data on the host; {always}")
   return True, (f"the train table ({mb(nbytes)}) fits the on-device budget ({mb(budget)}, "
                 f"{source})")
-
-
-def _processes_over_budget(fits: bool) -> list[int]:
-  """The indices of the processes whose 'auto' budget the train table is over (every
-  process must call this: a barrier where there are several). Hosts of one run can differ in
-  memory, and a run whose processes chose different data paths would hang in its first
-  collective."""
-  if jax.process_count() == 1:
-    return [] if fits else [jax.process_index()]
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  every = np.asarray(multihost_utils.process_allgather(np.int32([fits]))).reshape(-1)
-  return [i for i, ok in enumerate(every) if not ok]
 
 
 def use_device_data(config, table: pipeline.Table) -> bool:
