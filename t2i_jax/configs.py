@@ -93,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.sample_latent_eval = True  # sample z at evaluation, as the paper does
   c.eval_sample_captions = 4  # a grid for this many test captions at each eval (0 = none)
+  # The in-loop judge (t2i_jax.train.judge): at each eval, score one sample for each of
+  # this many captions per split with the dataset's evaluator, as `t2i evaluate --num N
+  # --seeds 1` does (0 = off). The losses do not rank runs; this does.
+  c.judge_num = 0
   c.log_every_steps = 1000  # 0 = only per epoch
   c.checkpoint_every_steps = 5000  # 0 = only at epoch ends and at the end
   c.keep_checkpoints = 3

@@ -379,6 +379,15 @@ class Evaluator(Protocol):
   # model's n samples for each of the scored captions ``rows`` (does it pick a layout?).
 
 
+def scored_pairs(evaluator: Evaluator, table, num: int | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The pairs of ``table`` that a split scores (the first ``num`` eligible ones of a fixed
+  random order, sorted; all with None) and their real images."""
+  pool = evaluator.eligible(table)
+  idx = pool[_subset(len(pool), num)]
+  return idx, table.images[table.image_index[idx]]
+
+
 def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seeds: int,
                      baselines=(), out_dir: Path, progress: bool = True,
                      options: Mapping[str, Any] | None = None) -> tuple[list[dict], dict]:
@@ -397,9 +406,7 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
   pictures = []
   for split in evaluator.splits:
     table = pipeline.load_table(config, split)
-    pool = evaluator.eligible(table)
-    idx = pool[_subset(len(pool), num)]
-    real = table.images[table.image_index[idx]]
+    idx, real = scored_pairs(evaluator, table, num)
     if gen.method.GENERATES:
       sources = [_model_source(gen.config.model, gen, table.text[idx],
                                gen.default_options() if options is None else options,
@@ -426,7 +433,8 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
   return results, {**evaluator.meta(), "pictures": pictures, "generation": generation}
 
 
-def _evaluator(dataset: str, reader=None, dual=None, progress: bool = True) -> Evaluator:
+def evaluator_for(dataset: str, reader=None, dual=None, progress: bool = True) -> Evaluator:
+  """The dataset's evaluator (``t2i_jax.evals``); one line for a dataset without metrics."""
   # pylint: disable=import-outside-toplevel
   if dataset == "shapes":
     from t2i_jax.evals.shapes import ShapesEvaluator
@@ -495,7 +503,7 @@ def evaluate_run(workdir: str | Path, *, out: str | Path | None = None,
   dataset = config.dataset
   options = sample.resolve_options(gen.method, gen.config, options) if gen.method.GENERATES else {}
   results, meta = evaluate_dataset(
-      _evaluator(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
+      evaluator_for(dataset, reader=reader, dual=dual, progress=progress), gen, config=config,
       num=num, seeds=seeds, baselines=baselines, out_dir=out_dir, progress=progress,
       options=options)
   report = {
@@ -549,7 +557,8 @@ def loss_metrics(workdir: str | Path, *, split: str = "test", data_dir: str | No
 
 
 __all__ = [
-    "Evaluator", "caption_vectors", "entry", "evaluate_dataset", "evaluate_run", "folds",
+    "Evaluator", "caption_vectors", "entry", "evaluate_dataset", "evaluate_run",
+    "evaluator_for", "folds",
     "format_pivot", "format_table", "frechet_distance", "kid", "loss_metrics", "mmd2_unbiased",
-    "nearest_captions", "r_precision_candidates", "r_precision_hits",
+    "nearest_captions", "r_precision_candidates", "r_precision_hits", "scored_pairs",
 ]

@@ -15,8 +15,13 @@ from typing import Any
 
 from t2i_jax.errors import UserError
 
-PANELS = (("loss", "loss"), ("paper_accuracy", "paper accuracy"), ("psnr", "PSNR (dB)"))
+PANELS = (("loss", "loss"), ("paper_accuracy", "paper accuracy"), ("psnr", "PSNR (dB)"),
+          ("v_mse", "velocity MSE"), ("caption_gain", "caption gain (v_mse_null - v_mse)"),
+          ("all_stated_correct", "judge: all stated right"),
+          ("r_precision", "judge: R-precision"))
 SPLITS = (("train", "C0"), ("test", "C1"))
+# The in-loop judge's splits (records 'judge_<split>', t2i_jax.train.judge), in these colours.
+JUDGE_COLOURS = ("C2", "C3", "C4", "C5")
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
@@ -79,7 +84,8 @@ def epoch_curves(records: list[dict[str, Any]], spe: int | None = None
 
 
 def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path:
-  """``t2i plot``: loss and paper accuracy (and PSNR when logged) per epoch, as one PNG."""
+  """``t2i plot``: loss and paper accuracy (and PSNR, the in-loop judge's headline when
+  logged) per epoch, as one PNG."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   from t2i_jax import sample  # pylint: disable=import-outside-toplevel
@@ -91,9 +97,11 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path:
                     "after the first epoch.")
   panels = [(k, t) for k, t in PANELS if any(k in c for c in curves.values())]
   fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+  judged = sorted(k for k in curves if k.startswith("judge_"))
+  splits = SPLITS + tuple(zip(judged, JUDGE_COLOURS))
   for i, (key, title) in enumerate(panels):
     ax = fig.add_subplot(1, len(panels), i + 1)
-    for split, colour in SPLITS:
+    for split, colour in splits:
       if key in curves.get(split, {}):
         xs, ys = curves[split][key]
         ax.plot(xs, ys, marker="o", color=colour, label=split)

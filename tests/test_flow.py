@@ -494,3 +494,17 @@ def test_a_bad_stage2_setting_fails_before_stage1_trains(tmp_path):
     train.train_stages(c, tmp_path / "w")
   assert "\n" not in str(e.value)
   assert not (tmp_path / "w").exists()
+
+
+def test_the_judge_is_refused_where_nothing_is_sampled_or_num_is_negative(tmp_path):
+  """--config.judge_num on a first stage, or below 0: one line before any data is read."""
+  from experiments import flow_shapes  # pylint: disable=import-outside-toplevel
+  from t2i_jax import train  # pylint: disable=import-outside-toplevel
+  for stage, value, words in (("stage1", 8, "draws nothing from captions"),
+                              ("stage2", -1, "judge_num must be at least 0")):
+    c = flow_shapes.get_config()
+    c[stage].judge_num = value
+    with pytest.raises(UserError, match=words) as e:
+      train.train_stages(c, tmp_path / stage)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / stage).exists()

@@ -183,3 +183,51 @@ def test_step_picks_a_kept_checkpoint_and_a_copied_run_gets_its_stages_named(
   assert cli.main(["loss", "--workdir", str(copy)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "stages.json" in err[0] and str(copy / "stage2") in err[0], err
+
+
+class PixelReader:
+  """A stand-in scene reader that reads every cell off its pixels' mean: a deterministic
+  function of the images, so equal verdicts on noisy tiny-run samples mean equal images."""
+
+  meta = {"heldout_accuracy": {}, "heldout_images": 0}
+
+  def predict(self, images):
+    from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
+    x = np.asarray(images, np.float64)[:, :63, :63]
+    cells = x.reshape(len(x), 3, 21, 3, 21, 3).mean(axis=(2, 4)).reshape(len(x), 9, 3)
+    level = (cells.sum(-1) * 7).astype(np.int64)
+    return {"present": (level % 2).astype(np.int32),
+            "shape": (level % len(shapes.SHAPES)).astype(np.int32),
+            "colour": np.argmax(cells, -1).astype(np.int32) % len(shapes.COLOURS),
+            "size": (level % len(shapes.SIZES)).astype(np.int32),
+            "background": np.argmax(x.mean(axis=(1, 2)), -1).astype(np.int32)}
+
+
+def test_the_in_loop_judge_scores_as_evaluate_does_and_changes_no_bit(flow_run, monkeypatch):
+  from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from t2i_jax.evals import scene_reader  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(scene_reader, "get_scene_reader", lambda **kw: PixelReader())
+  judged = flow_run / "judged"
+  train.train_stages(_config(flow_run / "tfds", stage2__judge_num=6), judged)
+  records = [json.loads(line) for line in
+             (judged / "stage2" / "metrics.jsonl").read_text().splitlines()]
+  evals = sorted({r["step"] for r in records if r["split"] == "test"})
+  for split in ("test", "compositional"):  # every in-loop eval judged both splits
+    rows = [r for r in records if r["split"] == f"judge_{split}"]
+    assert sorted(r["step"] for r in rows) == evals and evals
+    assert all(0.0 <= r["all_stated_correct"] <= 1.0 for r in rows)
+  # The judge only reads the params: the run ends on the bits of the run without it.
+  for stage in ("stage1", "stage2"):
+    for x, y in zip(_leaves(flow_run / "full" / stage)[1], _leaves(judged / stage)[1]):
+      np.testing.assert_array_equal(x, y)
+  # Its last verdicts are t2i evaluate's --num 6 --seeds 1 on the same params.
+  report = evaluate.evaluate_run(judged, num=6, seeds=1, reader=PixelReader(), progress=False)
+  scored = []
+  for split in ("test", "compositional"):
+    last = [r for r in records if r["split"] == f"judge_{split}"][-1]
+    assert last["step"] == STEPS
+    for e in report["results"]:
+      if e["model"] == "flow" and e["split"] == split and e["name"] in last:
+        assert last[e["name"]] == pytest.approx(e["mean"], abs=1e-12), (split, e["name"])
+        scored.append(e["mean"])
+  assert len(scored) >= 6 and any(0.0 < v < 1.0 for v in scored), scored

@@ -263,3 +263,23 @@ def test_plot_keeps_a_trailing_partial_epoch_only():
                                     "scope": scope, "loss": float(step)}
   records = [rec(5, 1, "final"), rec(10, 1, "epoch"), rec(15, 2, "final")]
   assert plots.epoch_curves(records, spe=10)["train"]["loss"] == ([1.0, 1.5], [10.0, 15.0])
+
+
+def test_plot_draws_the_judges_splits_in_their_own_panel(tmp_path):
+  """A run with the in-loop judge: its 'judge_<split>' records get the headline panel."""
+  from t2i_jax import plots  # pylint: disable=import-outside-toplevel
+  records = []
+  for epoch in (1, 2):
+    records.append({"step": 10 * epoch, "epoch": epoch, "split": "test", "scope": "epoch",
+                    "v_mse": 1.0 / epoch, "caption_gain": 0.01 * epoch})
+    for k, split in enumerate(("judge_test", "judge_compositional")):
+      records.append({"step": 10 * epoch, "epoch": epoch, "split": split, "scope": "epoch",
+                      "all_stated_correct": 0.2 * epoch + 0.1 * k})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  curves = plots.epoch_curves(plots.read_metrics(tmp_path))
+  xs, ys = curves["judge_compositional"]["all_stated_correct"]
+  assert xs == [1.0, 2.0] and ys == pytest.approx([0.3, 0.5])
+  assert set(curves["test"]) == {"v_mse", "caption_gain"}
+  out = plots.plot_curves(tmp_path)
+  width, height = Image.open(out).size
+  assert width > 3 * height  # velocity MSE, caption gain, judge

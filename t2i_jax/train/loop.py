@@ -28,7 +28,7 @@ from t2i_jax import checkpoint as checkpoint_lib
 from t2i_jax import configs, methods, parallel, workdir_lock
 from t2i_jax.data import common, pipeline
 from t2i_jax.errors import UserError
-from t2i_jax.train import in_loop_eval, step as step_lib, writers
+from t2i_jax.train import in_loop_eval, judge as judge_lib, step as step_lib, writers
 from t2i_jax.train.signals import StopSignals, TrainingInterrupted
 from t2i_jax.train.state import TrainState, create_train_state
 
@@ -40,7 +40,7 @@ RESUMABLE_KEYS = frozenset({
     "sample_latent_eval", "obs_sigma", "data_dir", "manual_dir", "nonfinite",
     "eval_sample_captions", "sample_steps", "sample_guidance", "sample_solver",
     "sample_guidance_interval",
-    "sample_temperature", "first_stage_workdir",
+    "sample_temperature", "first_stage_workdir", "judge_num",
     # Where the run executes, not what it computes (t2i_jax.parallel).
     "distributed", "data_on_device", "device_data_fraction", "device_data_budget_mb",
 })
@@ -115,7 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, low in (("batch_size", 1), ("steps_per_scan", 1), ("eval_batch_size", 1),
                    ("num_epochs", 0), ("max_steps", 0), ("checkpoint_every_steps", 0),
                    ("log_every_steps", 0), ("eval_every_epochs", 1), ("keep_checkpoints", 1),
-                   ("eval_sample_captions", 0)):
+                   ("eval_sample_captions", 0), ("judge_num", 0)):
     if config[key] < low:
       raise UserError(f"--config.{key} must be at least {low}, got {config[key]}.")
   if config.lr_schedule == "cosine" and config.lr_decay_steps <= config.warmup_steps:
@@ -143,7 +143,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "above 0.")
   if not 0.0 <= float(config.ema_decay) < 1.0:
     raise UserError(f"--config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}.")
-  methods.method_class(config.model)  # an unknown model fails here, in one line
+  cls = methods.method_class(config.model)  # an unknown model fails here, in one line
+  if config.judge_num and not cls.GENERATES:
+    raise UserError(f"--config.judge_num scores samples, and model {config.model!r} draws "
+                    "nothing from captions; set it to 0 (or on a two-stage run's stage2).")
 
 
 def on_nonfinite(step: int, epoch: int, checkpointer: checkpoint_lib.Checkpointer) -> None:
@@ -329,6 +332,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
                          "image_features": None if features is None else list(features.shape)})
   writer = writers.MetricsWriter(workdir, step) if main else writers.NullWriter()
   eval_step = in_loop_eval.make_eval_step(config, state.frozen, method=method)
+  judge = _make_judge(config, method, main)
   skip = config.nonfinite == "skip"
   meta = saved or CheckpointMeta(configs.to_json_dict(config), step, spe, total, Tally(), 0.0,
                                  Tally(), 0)
@@ -405,10 +409,19 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
                                        rng=in_loop_eval.eval_key(config.seed, step),
                                        desc=f"eval epoch {epoch}", progress=main, mesh=mesh)
           _log_samples(config, method, state, test_table, writer, workdir, step, main)
+          if judge is not None:
+            t1 = time.perf_counter()
+            verdicts = judge(jax.device_get(state.eval_params), jax.device_get(state.frozen))
+            test["judge_time_s"] = time.perf_counter() - t1
+            for split, metrics in verdicts.items():
+              writer.write(split=f"judge_{split}", step=step, epoch=epoch, scope=scope,
+                           metrics=metrics)
           test["eval_time_s"] = time.perf_counter() - t0
           writer.write(split="test", step=step, epoch=epoch, scope=scope, metrics=test)
           log_t0 += test["eval_time_s"]
           line += " | test " + _fmt(test)
+          if judge is not None:
+            line += " | judge " + judge_lib.summary(verdicts)
         if full_epoch:
           epoch_tally, elapsed_before, reader = Tally(), 0.0, None
         save(step, 0.0 if full_epoch else epoch_time)
@@ -424,6 +437,19 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
 
 
 _SHOWN = ("loss", "mse", "kl", "paper_accuracy", "psnr", "bits_per_dim")
+
+
+def _make_judge(config, method, main: bool):
+  """The in-loop judge when ``config.judge_num`` asks for one (t2i_jax.train.judge)."""
+  if not config.judge_num:
+    return None
+  if jax.process_count() > 1:  # sampling is host-local; t2i evaluate scores the run after
+    if main:
+      print("judge: off in a multi-process run; score the run with t2i evaluate.")
+    return None
+  if not main:
+    return None
+  return judge_lib.Judge(config, method, progress=main)
 
 
 def _fmt(metrics: Mapping[str, Any]) -> str:
