@@ -31,10 +31,9 @@ HEADLINES = ("all_stated_correct", "r_precision")
 class Judge:
   """``judge(params, frozen) -> {split: {metric: value}}`` for one run's config."""
 
-  def __init__(self, config: ml_collections.ConfigDict, method: Method, *,
-               evaluator: evaluate.Evaluator | None = None, progress: bool = True):
+  def __init__(self, config: ml_collections.ConfigDict, method: Method):
     self.method = method
-    self.evaluator = evaluator or evaluate.evaluator_for(config.dataset, progress=progress)
+    self.evaluator = evaluate.evaluator_for(config.dataset)
     self.evaluator.setup(config)  # loads (or first trains) the scoring network
     self.options = sample.resolve_options(method, config, {})
     self.splits: list[tuple[str, Any, np.ndarray, np.ndarray]] = []

@@ -447,9 +447,7 @@ def _make_judge(config, method, main: bool):
     if main:
       print("judge: off in a multi-process run; score the run with t2i evaluate.")
     return None
-  if not main:
-    return None
-  return judge_lib.Judge(config, method, progress=main)
+  return judge_lib.Judge(config, method)
 
 
 def _fmt(metrics: Mapping[str, Any]) -> str:
