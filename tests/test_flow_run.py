@@ -23,10 +23,12 @@ pytestmark = pytest.mark.slow
 STEPS = 4
 
 
-def _config(data_dir, **stage_changes):
-  c = configs.flow_config("shapes")
+def _config(data_dir, dataset="shapes", manual_dir=None, **stage_changes):
+  c = configs.flow_config(dataset)
   c.num_images = 40
   c.data_dir = str(data_dir)
+  if manual_dir is not None:
+    c.manual_dir = str(manual_dir)
   for stage in (c.stage1, c.stage2):
     stage.update(max_steps=STEPS, num_epochs=10, batch_size=8, eval_batch_size=8,
                  log_every_steps=2, checkpoint_every_steps=2, warmup_steps=2)
@@ -231,3 +233,36 @@ def test_the_in_loop_judge_scores_as_evaluate_does_and_changes_no_bit(flow_run, 
         assert last[e["name"]] == pytest.approx(e["mean"], abs=1e-12), (split, e["name"])
         scored.append(e["mean"])
   assert len(scored) >= 6 and any(0.0 < v < 1.0 for v in scored), scored
+
+
+def test_the_in_loop_judge_reads_a_flickr8k_run_with_the_dual_encoder(tmp_path, monkeypatch):
+  """The judge's other evaluator: Flickr8k runs are scored by the dual encoder (R-precision
+  and the feature distances), with t2i evaluate's numbers at the last step."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import flickr8k_fixtures as fx  # pylint: disable=import-outside-toplevel
+  from t2i_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from t2i_jax.evals import dual_encoder  # pylint: disable=import-outside-toplevel
+  tiny = dual_encoder.DualConfig(widths=(4, 8, 16), text_hidden=16, embed_dim=8,
+                                 batch_size=8, min_steps=3, max_steps=3)
+  # Trained once on the fixture's official train split and cached (conftest's temporary
+  # T2I_CACHE_DIR); evaluate_run below loads the same one.
+  monkeypatch.setattr(dual_encoder, "get_dual_encoder",
+                      functools.partial(dual_encoder.get_dual_encoder, cfg=tiny))
+  root = fx.make_official_unzipped(tmp_path / "corpus")
+  run = tmp_path / "run"
+  train.train_stages(_config(tmp_path / "tfds", "flickr8k", root, stage2__judge_num=2), run)
+  records = [json.loads(line) for line in
+             (run / "stage2" / "metrics.jsonl").read_text().splitlines()]
+  evals = sorted({r["step"] for r in records if r["split"] == "test"})
+  rows = [r for r in records if r["split"] == "judge_test"]
+  assert evals and sorted(r["step"] for r in rows) == evals
+  assert all(0.0 <= r["r_precision"] <= 1.0 for r in rows)
+  assert not any(r["split"] == "judge_compositional" for r in records)  # shapes only
+  report = evaluate.evaluate_run(run, num=2, seeds=1, progress=False)
+  last, compared = rows[-1], []
+  assert last["step"] == STEPS
+  for e in report["results"]:
+    if e["model"] == "flow" and e["split"] == "test" and e["name"] in last:
+      assert last[e["name"]] == pytest.approx(e["mean"], rel=1e-6, abs=1e-9), e["name"]
+      compared.append(e["name"])
+  assert "r_precision" in compared and len(compared) >= 2, compared
