@@ -405,6 +405,39 @@ def test_shared_adaln_is_one_dense_plus_a_table_per_block(flow_setup):
   assert float(jnp.abs(grads["block1"]["adaLN_table"]).max()) > 0
 
 
+def test_joint_attention_reads_the_words_in_order_and_never_the_padding(flow_setup):
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+      dict(TINY, joint_attention=True, depth=2))))
+  params = method.init(jax.random.key(4), _batch())
+  block = params["block1"]
+  assert "cross_attn" not in block and "self_attn" not in block
+  assert set(block["joint_attn"]) == {"query", "key", "value", "word_key", "word_value", "out"}
+  assert block["adaLN"]["kernel"].shape == (32, 6 * 32)  # no cross-attention modulations
+  batch = _batch()
+  x = method.initial_noise(jax.random.split(jax.random.key(14), B))
+  t = jnp.full((B,), 0.5, jnp.float32)
+  v = method.model.apply({"params": params}, x, t, batch["text"], batch["mask"])
+  np.testing.assert_array_equal(np.asarray(v), 0.0)  # zero gates and output layer at init
+  leaves, treedef = jax.tree.flatten(params)  # random gates, so the words reach the output
+  keys = jax.random.split(jax.random.key(8), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+  def velocity(text):
+    return np.asarray(method.model.apply({"params": params}, x, t, text, batch["mask"]))
+
+  base = velocity(batch["text"])
+  padded = jnp.where(batch["mask"][..., None], batch["text"], 3.0)  # garbage in the padding
+  np.testing.assert_allclose(velocity(padded), base, rtol=1e-5, atol=1e-6)
+  swapped = batch["text"].at[0, :2].set(batch["text"][0, 1::-1])  # two words swapped
+  assert not np.allclose(velocity(swapped)[0], base[0], atol=1e-4)
+  np.testing.assert_allclose(velocity(swapped)[1:], base[1:], rtol=1e-5, atol=1e-6)
+  grads = jax.grad(lambda p: method.loss(p, batch, jax.random.key(5), jnp.int32(0),
+                                         flow_setup[2])[0])(params)
+  assert _finite_tree(grads)
+  assert float(jnp.abs(grads["block0"]["joint_attn"]["word_key"]["kernel"]).max()) > 0
+
+
 @pytest.mark.parametrize("options", [
     {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
     {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},

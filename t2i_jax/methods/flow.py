@@ -55,7 +55,8 @@ Array = jax.Array
 
 SOLVERS = ("euler", "heun")
 _DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
-               "text_heads", "text_width", "shared_adaln", "out_conv", "max_len")
+               "text_heads", "text_width", "shared_adaln", "joint_attention", "out_conv",
+               "max_len")
 _OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
 # Training pairs whose stage-1 latents set the measured latent scale.
 _SCALE_PAIRS = 1000
