@@ -213,9 +213,9 @@ class FlowDiT(nn.Module):
       shapes: 0.97x the step time, 3 points fewer images right (docs/flow_experiments.md).
     joint_attention: Each block attends over its tokens and the words in one softmax
       (``JointAttention``) instead of a self-attention then a cross-attention: 2 width^2
-      fewer MACs per token per block, and one LayerNorm and gate fewer. On shapes: about
-      0.97x the epoch time, ahead on the judge to step 2,812 (relations learnt sooner),
-      behind from 3,515; not kept (docs/flow_experiments.md).
+      fewer MACs per token per block, and one LayerNorm and gate fewer. On shapes: 0.92x
+      the step time (0.86x the FLOPs), ahead on the judge to step 2,812 (relations learnt
+      sooner), behind from 3,515; not kept (docs/flow_experiments.md).
     out_conv: Channels of the 3x3 conv head on the unpatchified output (0 = none).
     max_len: Size of the word position table (the longest caption it reads).
   """
@@ -335,5 +335,5 @@ def flow_dit(**overrides: Any) -> FlowDiT:
   return FlowDiT(**overrides)
 
 
-__all__ = ["DiTBlock", "FlowDiT", "JointAttention", "WordEncoder", "flow_dit", "patchify", "timestep_embedding",
-           "unpatchify"]
+__all__ = ["DiTBlock", "FlowDiT", "JointAttention", "WordEncoder", "flow_dit", "patchify",
+           "timestep_embedding", "unpatchify"]
