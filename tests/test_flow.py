@@ -175,6 +175,7 @@ def test_flow_loss_shapes_and_grads(flow_setup, flow_trained):
   assert np.all(np.isfinite(np.asarray(ev["v_mse"])))
 
 
+@pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
 def test_conv_head_starts_at_zero_velocity_and_trains(flow_setup):
   _, _, frozen = flow_setup
   method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
@@ -357,6 +358,7 @@ def test_dropped_caption_ignores_the_caption(flow_setup):
                              np.asarray(apply(jnp.flip(batch["text"], 0))), atol=1e-6)
 
 
+@pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
 def test_a_narrower_word_encoder_feeds_the_wider_dit(flow_setup):
   """text_width < width: the words stay narrow, the pooled caption and the DiT do not."""
   method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
@@ -405,6 +407,7 @@ def test_shared_adaln_is_one_dense_plus_a_table_per_block(flow_setup):
   assert float(jnp.abs(grads["block1"]["adaLN_table"]).max()) > 0
 
 
+@pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
 def test_joint_attention_reads_the_words_in_order_and_never_the_padding(flow_setup):
   method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
       dict(TINY, joint_attention=True, depth=2))))
