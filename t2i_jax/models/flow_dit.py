@@ -169,14 +169,26 @@ class DiTBlock(nn.Module):
       mods = nn.Dense(num_mods * self.width, dtype=self.dtype,
                       kernel_init=nn.initializers.zeros, name="adaLN")(nn.silu(cond))
     ln = functools.partial(nn.LayerNorm, use_scale=False, use_bias=False, dtype=self.dtype)
+    mods = jnp.split(mods[:, :num_mods * self.width], num_mods, axis=-1)
+    (sh_a, sc_a, g_a), (sh_m, sc_m, g_m) = mods[:3], mods[-3:]
+    y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
     if self.joint_attention:
-      sh_a, sc_a, g_a, sh_m, sc_m, g_m = jnp.split(mods[:, :6 * self.width], 6, axis=-1)
-      y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
       x = x + g_a[:, None] * JointAttention(self.width, self.num_heads, self.dtype,
                                             name="joint_attn")(y, words, word_mask)
-      y = modulate(ln(name="ln_mlp")(x), sh_m, sc_m)
-      y = MLP(self.width, self.width * self.mlp_ratio, self.dtype, name="mlp")(y)
-      return x + g_m[:, None] * y
+    else:
+      y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                          name="self_attn")(y, y)
+      x = x + g_a[:, None] * y
+      sh_c, sc_c, g_c = mods[3:6]
+      y = modulate(ln(name="ln_cross")(x), sh_c, sc_c)
+      b, n, _ = x.shape
+      y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                          name="cross_attn")(
+          y, words, mask=nn.make_attention_mask(jnp.ones((b, n), bool), word_mask))
+      x = x + g_c[:, None] * y
+    y = modulate(ln(name="ln_mlp")(x), sh_m, sc_m)
+    y = MLP(self.width, self.width * self.mlp_ratio, self.dtype, name="mlp")(y)
+    return x + g_m[:, None] * y
     (sh_a, sc_a, g_a, sh_c, sc_c, g_c, sh_m, sc_m, g_m) = jnp.split(mods, 9, axis=-1)
     y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
