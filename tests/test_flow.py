@@ -441,6 +441,22 @@ def test_joint_attention_reads_the_words_in_order_and_never_the_padding(flow_set
   assert float(jnp.abs(grads["block0"]["joint_attn"]["word_key"]["kernel"]).max()) > 0
 
 
+@pytest.mark.slow  # an option off by default
+def test_joint_blocks_makes_only_the_first_blocks_joint(flow_setup):
+  kw = dict(TINY, depth=3, joint_blocks=2)
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(kw)))
+  params = method.init(jax.random.key(4), _batch())
+  assert [("joint_attn" in params[f"block{i}"], "cross_attn" in params[f"block{i}"])
+          for i in range(3)] == [(True, False), (True, False), (False, True)]
+  grads = jax.grad(lambda p: method.loss(p, _batch(), jax.random.key(5), jnp.int32(0),
+                                         flow_setup[2])[0])(params)
+  assert _finite_tree(grads)
+  for bad in (-1, 4):
+    with pytest.raises(UserError, match="joint_blocks"):
+      FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+          dict(kw, joint_blocks=bad))))
+
+
 @pytest.mark.parametrize("options", [
     {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"steps": "many"}, {"steps": True},
     {"guidance": float("nan")}, {"guidance": float("inf")}, {"guidance": -1.0},

@@ -55,8 +55,8 @@ Array = jax.Array
 
 SOLVERS = ("euler", "heun")
 _DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
-               "text_heads", "text_width", "shared_adaln", "joint_attention", "out_conv",
-               "max_len")
+               "text_heads", "text_width", "shared_adaln", "joint_attention", "joint_blocks",
+               "out_conv", "max_len")
 _OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
 # Training pairs whose stage-1 latents set the measured latent scale.
 _SCALE_PAIRS = 1000
@@ -114,6 +114,9 @@ class FlowMethod(Method):
     if h % model.patch or w % model.patch:
       raise UserError(f"model_kwargs.patch={model.patch} does not divide the stage-1 latent "
                       f"{h}x{w}.")
+    if not 0 <= model.joint_blocks <= model.depth:
+      raise UserError(f"model_kwargs.joint_blocks={model.joint_blocks} is not in [0, depth="
+                      f"{model.depth}].")
     if model.width % model.num_heads or model.width % model.text_heads:
       raise UserError(f"model_kwargs.width={model.width} is not a multiple of num_heads="
                       f"{model.num_heads} and text_heads={model.text_heads}.")
