@@ -55,10 +55,11 @@ def get_config():
   experiments.bench_sample: 50.4 images/s at the default, 87.7 at guidance 1.
 
   Every variant tried against this default (width 96 to 192, depth, heads, text width
-  and layers, adaLN-single, Muon's rate and iterations, schedules, batches, twice the
-  images, stage-1 variants, sampler options, autoguidance, the EMA), each with its
-  command, data, machine, result and time, is in docs/flow_experiments.md; the comments
-  below give the measurement behind each setting.
+  and layers, adaLN-single, joint attention in all blocks or the first two, Muon's rate
+  and iterations, schedules, batches, twice the images, stage-1 variants, sampler
+  options, autoguidance, the EMA), each with its command, data, machine, result and
+  time, is in docs/flow_experiments.md; the comments below give the measurement behind
+  each setting.
   """
   c = configs.flow_config("shapes")
   c.num_images = 20000

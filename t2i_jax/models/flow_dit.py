@@ -215,8 +215,9 @@ class FlowDiT(nn.Module):
       the step time (0.86x the FLOPs), ahead on the judge to step 2,812 (relations learnt
       sooner), behind from 3,515; not kept (docs/flow_experiments.md).
     joint_blocks: Only the first ``joint_blocks`` blocks attend jointly, the rest keep the
-      self- and cross-attention pair (0 = none; ``joint_attention`` = all ``depth``): the
-      early joint relations with the later separate cross-attention.
+      self- and cross-attention pair (0 = none; ``joint_attention`` = all ``depth``). On
+      shapes, 2 of 4: 0.93x the step time, level on test to step 4,921, behind on the
+      compositional split and the relations; not kept (docs/flow_experiments.md).
     out_conv: Channels of the 3x3 conv head on the unpatchified output (0 = none).
     max_len: Size of the word position table (the longest caption it reads).
   """
