@@ -451,6 +451,14 @@ def test_joint_blocks_makes_only_the_first_blocks_joint(flow_setup):
   grads = jax.grad(lambda p: method.loss(p, _batch(), jax.random.key(5), jnp.int32(0),
                                          flow_setup[2])[0])(params)
   assert _finite_tree(grads)
+  # With adaLN-single, a joint block's table holds its 6 modulations, a cross block's 9;
+  # the shared Dense makes 9 while any block is a cross block, 6 when none is.
+  for blocks, shared_out in ((2, 9), (3, 6)):
+    shared = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+        dict(kw, joint_blocks=blocks, shared_adaln=True)))).init(jax.random.key(4), _batch())
+    assert shared["adaLN"]["kernel"].shape[-1] == shared_out * 32
+    assert [shared[f"block{i}"]["adaLN_table"].shape[0] // 32 for i in range(3)] == (
+        [6, 6, 9] if blocks == 2 else [6, 6, 6])
   for bad in (-1, 4):
     with pytest.raises(UserError, match="joint_blocks"):
       FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(

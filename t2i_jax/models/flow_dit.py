@@ -159,17 +159,21 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, words: Array, word_mask: Array) -> Array:
-    """``cond``: [B, width] (own adaLN), or the shared modulations [B, 9 width]."""
+    """``cond``: [B, width] (own adaLN), or the shared modulations [B, >= 6 or 9 width]
+    (a joint block reads the first 6 of the 9 that the model's cross blocks need)."""
     num_mods = 6 if self.joint_attention else 9
     if self.shared_adaln:
-      chex.assert_shape(cond, (x.shape[0], 9 * self.width))
-      table = self.param("adaLN_table", nn.initializers.zeros, (9 * self.width,))
-      mods = cond + table.astype(cond.dtype)[None]
+      chex.assert_rank(cond, 2)
+      if cond.shape[-1] < num_mods * self.width:
+        raise ValueError(f"shared adaLN gives {cond.shape[-1]} modulation features, a "
+                         f"block needs {num_mods * self.width}")
+      table = self.param("adaLN_table", nn.initializers.zeros, (num_mods * self.width,))
+      mods = cond[:, :num_mods * self.width] + table.astype(cond.dtype)[None]
     else:
       mods = nn.Dense(num_mods * self.width, dtype=self.dtype,
                       kernel_init=nn.initializers.zeros, name="adaLN")(nn.silu(cond))
     ln = functools.partial(nn.LayerNorm, use_scale=False, use_bias=False, dtype=self.dtype)
-    mods = jnp.split(mods[:, :num_mods * self.width], num_mods, axis=-1)
+    mods = jnp.split(mods, num_mods, axis=-1)
     (sh_a, sc_a, g_a), (sh_m, sc_m, g_m) = mods[:3], mods[-3:]
     y = modulate(ln(name="ln_attn")(x), sh_a, sc_a)
     if self.joint_attention:
@@ -264,8 +268,9 @@ class FlowDiT(nn.Module):
                             self.joint_attention or i < self.joint_blocks, self.dtype,
                             name=f"block{i}")
                    for i in range(self.depth)]
-    if self.shared_adaln:
-      self.adaln = nn.Dense(9 * self.width, dtype=self.dtype,
+    if self.shared_adaln:  # 6 modulations per block where every block is joint, else 9
+      all_joint = self.joint_attention or self.joint_blocks == self.depth
+      self.adaln = nn.Dense((6 if all_joint else 9) * self.width, dtype=self.dtype,
                             kernel_init=nn.initializers.zeros, name="adaLN")
     self.final_mod = nn.Dense(2 * self.width, dtype=self.dtype,
                               kernel_init=nn.initializers.zeros)
