@@ -159,8 +159,8 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, words: Array, word_mask: Array) -> Array:
-    """``cond``: [B, width] (own adaLN), or the shared modulations [B, >= 6 or 9 width]
-    (a joint block reads the first 6 of the 9 that the model's cross blocks need)."""
+    """``cond``: [B, width] (own adaLN), or the shared modulations [B, 6 or 9 width] (a
+    joint block reads the first 6 where the model's other blocks need 9)."""
     num_mods = 6 if self.joint_attention else 9
     if self.shared_adaln:
       chex.assert_rank(cond, 2)
@@ -264,13 +264,12 @@ class FlowDiT(nn.Module):
                                 (self.num_tokens, self.width))
     self.time_in = nn.Dense(self.width, dtype=self.dtype)
     self.time_out = nn.Dense(self.width, dtype=self.dtype)
+    joint = [self.joint_attention or i < self.joint_blocks for i in range(self.depth)]
     self.blocks = [DiTBlock(self.width, self.num_heads, self.mlp_ratio, self.shared_adaln,
-                            self.joint_attention or i < self.joint_blocks, self.dtype,
-                            name=f"block{i}")
+                            joint[i], self.dtype, name=f"block{i}")
                    for i in range(self.depth)]
     if self.shared_adaln:  # 6 modulations per block where every block is joint, else 9
-      all_joint = self.joint_attention or self.joint_blocks == self.depth
-      self.adaln = nn.Dense((6 if all_joint else 9) * self.width, dtype=self.dtype,
+      self.adaln = nn.Dense((6 if all(joint) else 9) * self.width, dtype=self.dtype,
                             kernel_init=nn.initializers.zeros, name="adaLN")
     self.final_mod = nn.Dense(2 * self.width, dtype=self.dtype,
                               kernel_init=nn.initializers.zeros)
