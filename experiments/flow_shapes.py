@@ -85,6 +85,9 @@ def get_config():
   # 2,000 stage-1 steps (shapes read back at 96.0% against 94.1%) give the default's stage 2
   # nothing: 73.9% / 75.9% / relations 81% against 76.2% / 76.7% / 84% (docs/flow_experiments.md).
   c.stage1.max_steps = 1000
+  # flow_config's KL weight (1e-4) stays: 1e-3, a smoother latent, read shapes back at
+  # 97.6% and its stage 2 led the judge to step 3,515, then fell level on test and 7 points
+  # behind compositional by 4,921 (docs/flow_experiments.md).
   # Muon on stage 1's conv kernels too (flattened to (3 * 3 * in) x out; AdamW, at Adam's
   # 2e-3, on the biases): at the same 1,000 steps and time per step, test PSNR 34.6 dB
   # against Adam's 29.8, shapes read back at 99.0% test / 99.9% compositional against 94.1%
