@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.kl_warmup_steps = 0  # 'cvae' loss: steps of the linear KL warm-up (0 = none)
   c.free_bits = 0.0  # 'cvae' loss: nats per latent dim that cost nothing (0 = off)
   c.gsnn_weight = 0.0  # 'cvae' loss: weight of the prior-path MSE (Sohn et al.'s hybrid)
+  c.equivariance_weight = 0.0  # 'latent_ae' loss: weight of the scale-equivariance term
   c.sample_temperature = 1.0  # default for t2i sample/evaluate: prior std scale (CVAE)
   c.obs_sigma = 0.1  # decoder scale of the reported negative ELBO (losses.negative_elbo)
   # Optimisation.

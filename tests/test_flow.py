@@ -6,6 +6,8 @@ per method keeps compilation short.
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import pytest
 from t2i_jax import configs
 from t2i_jax.errors import UserError
 from t2i_jax.methods.flow import FlowMethod
-from t2i_jax.methods.latent_ae import LatentAEMethod
+from t2i_jax.methods.latent_ae import LatentAEMethod, halve
 
 B, T, D = 4, 8, 50
 TINY = {"ae": {"channels": (8,), "latent_channels": 4, "num_res": 1},
@@ -145,6 +147,29 @@ def test_latent_ae_loss_metrics_and_grads(ae_setup, ae_trained):
   np.testing.assert_allclose(float(metrics["loss"]),
                              float(metrics["mse"]) + 1e-3 * float(metrics["kl"]), rtol=1e-5)
   assert _finite_tree(grads)
+
+
+@pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
+def test_latent_ae_scale_equivariance_term(ae_setup):
+  """equivariance_weight adds w * MSE(decode(halve(z)), halve(image)): EQ-VAE's scale term."""
+  method, params = ae_setup
+  batch = _batch()
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  np.testing.assert_allclose(halve(x)[1, 1, 2], jnp.mean(x[1, 2:4, 4:6], axis=(0, 1)))
+  mean, _ = method.encode(params, batch["image"])
+  chex.assert_shape(method.decode(params, halve(mean)), (B, 32, 32, 3))
+  eq_method = dataclasses.replace(method, equivariance_weight=0.5)
+  rng = jax.random.key(3)
+  loss0, metrics0 = method.loss(params, batch, rng, jnp.int32(0))
+  (loss1, metrics1), grads = jax.value_and_grad(eq_method.loss, has_aux=True)(
+      params, batch, rng, jnp.int32(0))
+  assert "equivariance_mse" not in metrics0 and float(metrics1["equivariance_mse"]) > 0
+  np.testing.assert_allclose(float(loss1),
+                             float(loss0) + 0.5 * float(metrics1["equivariance_mse"]), rtol=1e-5)
+  assert _finite_tree(grads)
+  assert LatentAEMethod.from_config(_config(equivariance_weight=0.5)) == eq_method
+  with pytest.raises(UserError, match="equivariance_weight"):
+    LatentAEMethod.from_config(_config(equivariance_weight=-1.0))
 
 
 def test_latent_ae_loss_decreases(ae_trained):

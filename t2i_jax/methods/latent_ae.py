@@ -9,7 +9,8 @@ where KL is that of the posterior N(mean, exp(logvar)) to N(0, I) **averaged ove
 dimensions** (nats per dimension), so ``config.kl_weight`` weighs one pixel's error against
 one latent dimension's KL, whatever the image and latent sizes. A small weight (~1e-4 to
 1e-3) keeps reconstructions sharp and the latent tame; see the experiment modules for the
-values used.
+values used. ``config.equivariance_weight`` > 0 adds EQ-VAE's scale-equivariance term
+(``LatentAEMethod.equivariance_mse``; off by default).
 
 Settings: ``config.model_kwargs.ae`` (a dict of ``LatentAE`` fields) when it exists, else
 the top level of ``config.model_kwargs``. The flow family reads ``model_kwargs.ae`` for
@@ -87,10 +88,15 @@ class LatentAEMethod(Method):
 
   model: latent_ae_lib.LatentAE = latent_ae_lib.LatentAE()
   kl_weight: float = 1e-4
+  equivariance_weight: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LatentAEMethod":
-    return cls(model=build_ae(ae_kwargs(config)), kl_weight=float(config.kl_weight))
+    weight = float(config.get("equivariance_weight", 0.0))
+    if not weight >= 0:
+      raise UserError(f"equivariance_weight must be >= 0, got {weight}.")
+    return cls(model=build_ae(ae_kwargs(config)), kl_weight=float(config.kl_weight),
+               equivariance_weight=weight)
 
   def init(self, rng: Array, batch: Batch, frozen: Params | None = None) -> Params:
     del frozen
@@ -112,9 +118,24 @@ class LatentAEMethod(Method):
     chex.assert_shape(image, (None,) + tuple(self.model.image_shape))
     out, mse, kl = self._forward(params, image, rng)
     loss = jnp.mean(mse) + self.kl_weight * jnp.mean(kl)
-    return loss, {"loss": loss, "mse": jnp.mean(mse), "kl": jnp.mean(kl),
-                  "psnr": jnp.mean(losses.psnr_from_mse(mse)),
-                  "latent_std": jnp.std(out["mean"])}
+    metrics = {"mse": jnp.mean(mse), "kl": jnp.mean(kl),
+               "psnr": jnp.mean(losses.psnr_from_mse(mse)), "latent_std": jnp.std(out["mean"])}
+    if self.equivariance_weight > 0:
+      eq = self.equivariance_mse(params, out["z"], image)
+      loss = loss + self.equivariance_weight * eq
+      metrics["equivariance_mse"] = eq
+    return loss, {"loss": loss, **metrics}
+
+  def equivariance_mse(self, params: Params, z: Array, image: Array) -> Array:
+    """Mean squared error of decode(halve(z)) against halve(image), halve = 2x2 average pool.
+
+    EQ-VAE's scale equivariance (Kouzelis et al. 2025): the decoder must draw a half-size
+    latent as the half-size image, so the latent's layout follows the image's and carries
+    less high-frequency detail that only the decoder can read, which latent diffusion
+    models learn faster in.
+    """
+    recon = self.decode(params, halve(z))
+    return jnp.mean(jnp.square(recon - halve(image.astype(jnp.float32))))
 
   def eval_metrics(self, params: Params, batch: Batch, rng: Array,
                    frozen: Params | None = None) -> dict[str, Array]:
@@ -139,4 +160,10 @@ class LatentAEMethod(Method):
                     "from a caption; sample from the flow run trained on top of it.")
 
 
-__all__ = ["LatentAEMethod", "ae_kwargs", "build_ae", "init_key", "mean_kl_per_dim"]
+def halve(x: Array) -> Array:
+  """[B, H, W, C] -> [B, H / 2, W / 2, C]: the mean of each 2x2 block."""
+  b, h, w, c = x.shape
+  return jnp.mean(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+__all__ = ["LatentAEMethod", "ae_kwargs", "build_ae", "halve", "init_key", "mean_kl_per_dim"]

@@ -111,8 +111,13 @@ class LatentAE(nn.Module):
     return mean, soft_clip(logvar, 10.0)
 
   def decode(self, z: Array) -> Array:
-    """Latent [B, *latent_shape] -> image [B, 64, 64, 3] in [0, 1] (a sigmoid)."""
-    chex.assert_shape(z, (None,) + self.latent_shape)
+    """Latent [B, *latent_shape] -> image [B, 64, 64, 3] in [0, 1] (a sigmoid).
+
+    Fully convolutional: a latent of another size [B, h, w, C] decodes to [B, h * f, w * f,
+    3] (f = 64 / latent side), as the scale-equivariance loss of stage 1 needs.
+    """
+    chex.assert_rank(z, 4)
+    chex.assert_axis_dimension(z, -1, self.latent_shape[-1])
     h = self.dec_in(z.astype(self.dtype))
     for i, blocks in enumerate(self.dec_blocks):
       if i:
