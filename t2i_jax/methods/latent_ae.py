@@ -92,7 +92,7 @@ class LatentAEMethod(Method):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LatentAEMethod":
-    weight = float(config.get("equivariance_weight", 0.0))
+    weight = float(config.equivariance_weight)
     if not weight >= 0:
       raise UserError(f"equivariance_weight must be >= 0, got {weight}.")
     return cls(model=build_ae(ae_kwargs(config)), kl_weight=float(config.kl_weight),
