@@ -111,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Flow family (t2i_jax.methods.flow): caption dropout for classifier-free guidance and
   # the defaults of t2i sample / evaluate.
   c.cfg_drop_rate = 0.1
+  # Objective options (t2i_jax.methods.flow; 0 = off): contrastive flow matching's lambda,
+  # and model guidance's w (the model learns the guided field at scale 1 / (1 - w)).
+  c.contrastive_weight = 0.0
+  c.model_guidance = 0.0
   c.sample_steps = 20
   c.sample_guidance = 3.0
   c.sample_solver = "euler"  # euler | heun

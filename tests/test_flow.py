@@ -7,6 +7,7 @@ per method keeps compilation short.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -219,6 +220,61 @@ def test_conv_head_starts_at_zero_velocity_and_trains(flow_setup):
   losses, (_, grads) = _train(method, params, _batch(), frozen)
   assert float(jnp.abs(grads["out_conv2"]["kernel"]).max()) > 0
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+@pytest.mark.slow  # options off by default: CI's slow pass keeps the default run near 8 min
+def test_contrastive_and_model_guidance_objectives(flow_setup):
+  """contrastive_weight subtracts lambda * |v - other row's target|^2 for captioned rows;
+  model_guidance shifts their target by w * sg(v(c) - v(null)); v_mse stays the MSE."""
+  method, params, frozen = flow_setup
+  batch, rng = _batch(), jax.random.key(3)
+  x0 = method.encode_latent(frozen, batch["image"])
+  # The pieces the objectives are built from, at the loss's own t, noise and drops.
+  k_t, k_n, k_d = jax.random.split(rng, 3)
+  t = method.sample_t(k_t, B)
+  noise = jax.random.normal(k_n, x0.shape)
+  xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+  drop = jax.random.uniform(k_d, (B,)) < method.cfg_drop_rate
+  apply = functools.partial(method.model.apply, {"params": params}, xt, t, batch["text"],
+                            batch["mask"])
+  v, v_null = apply(drop), apply(jnp.ones((B,), bool))
+  target = noise - x0
+  rows = lambda x: np.mean(np.asarray(x).reshape(B, -1), axis=-1)
+  keep = ~np.asarray(drop)
+  mse = rows(jnp.square(v - target))
+
+  def loss_and_grads(**kw):
+    m = dataclasses.replace(method, **kw)
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(m.loss, has_aux=True))(
+        params, batch, rng, 0, frozen)
+    np.testing.assert_allclose(float(metrics["v_mse"]), mse.mean(), rtol=1e-5)
+    return float(loss), grads
+
+  plain, g_plain = loss_and_grads()
+  np.testing.assert_allclose(plain, mse.mean(), rtol=1e-5)
+  lam = 0.25
+  want = mse - lam * keep * rows(jnp.square(v - jnp.roll(target, 1, axis=0)))
+  np.testing.assert_allclose(loss_and_grads(contrastive_weight=lam)[0], want.mean(),
+                             rtol=1e-5)
+  w = 0.5
+  shifted = target + w * (v - v_null) * keep[:, None, None, None]
+  mg, g_mg = loss_and_grads(model_guidance=w)
+  np.testing.assert_allclose(mg, rows(jnp.square(v - shifted)).mean(), rtol=1e-5)
+  # The guidance direction carries no gradient: the gradient is that of the MSE to the
+  # shifted target, not of |(1 - w) v + w v_null - target|^2.
+  fixed = jax.lax.stop_gradient(shifted)
+  g_want = jax.grad(lambda p: jnp.mean(jnp.square(method.model.apply(
+      {"params": p}, xt, t, batch["text"], batch["mask"], drop) - fixed)))(params)
+  chex.assert_trees_all_close(g_mg, g_want, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(np.asarray(g_mg["out"]["kernel"]),
+                         np.asarray(g_plain["out"]["kernel"]))
+  for bad in ({"contrastive_weight": 1.0}, {"model_guidance": -0.1},
+              {"model_guidance": float("nan")}):
+    with pytest.raises(UserError, match=next(iter(bad))):
+      FlowMethod.from_config(_config(**bad))
+  assert FlowMethod.from_config(_config(contrastive_weight=lam, model_guidance=w)) == (
+      dataclasses.replace(FlowMethod.from_config(_config()), contrastive_weight=lam,
+                          model_guidance=w))
 
 
 def test_caption_gain_is_what_the_caption_changes(flow_setup):

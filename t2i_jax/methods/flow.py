@@ -10,6 +10,19 @@ Convention (that of SD3 / "rectified flow"; t = 0 is data, t = 1 is noise):
 layout is decided. Loss: mean squared error of the velocity. Captions are swapped for the
 model's learned null caption with probability ``config.cfg_drop_rate``.
 
+Two optional changes to the objective, both aimed at following the caption sooner (off by
+default; each measured in docs/flow_experiments.md):
+
+- ``config.contrastive_weight`` = lambda > 0: contrastive flow matching (Stoica et al.
+  2025, "Delta-FM"): each captioned example's loss also *rewards* distance from another
+  example's target (the batch rolled by one), ``|v - u|^2 - lambda |v - u_other|^2``, so
+  the flows of different captions are pushed apart.
+- ``config.model_guidance`` = w in [0, 1): model guidance (Tang et al. 2025, "Diffusion
+  models without classifier-free guidance"): captioned examples regress onto
+  ``u + w * sg(v(c) - v(null))``, the model's own guidance direction without a gradient
+  (one more forward pass per step, with the null caption). Its fixed point is the guided
+  field at scale 1 / (1 - w), so such a model is sampled with a lower guidance.
+
 Sampling integrates from t = 1 (noise) to t = 0 with Euler or Heun on a uniform grid of
 ``steps`` steps, with classifier-free guidance
 
@@ -93,6 +106,8 @@ class FlowMethod(Method):
   latent_scale: float = 0.0  # 0: measured in load_frozen
   t_mean: float = 0.0
   t_std: float = 1.0
+  contrastive_weight: float = 0.0
+  model_guidance: float = 0.0
 
   # ------------------------------------------------------------------------ building
 
@@ -123,11 +138,19 @@ class FlowMethod(Method):
     rate = float(config.cfg_drop_rate)
     if not 0.0 <= rate < 1.0:
       raise UserError(f"cfg_drop_rate must be in [0, 1), got {rate}.")
+    lam = float(config.contrastive_weight)
+    if not (math.isfinite(lam) and 0.0 <= lam < 1.0):
+      raise UserError(f"contrastive_weight must be in [0, 1), got {lam}.")
+    w = float(config.model_guidance)
+    if not (math.isfinite(w) and 0.0 <= w < 1.0):
+      raise UserError(f"model_guidance must be in [0, 1) (guidance 1 / (1 - w) is learned), "
+                      f"got {w}.")
     scale = float(kw.get("latent_scale", 0.0))
     if not (math.isfinite(scale) and scale >= 0):
       raise UserError(f"model_kwargs.latent_scale must be >= 0 (0 = measure), got {scale}.")
     return cls(model=model, ae=ae, cfg_drop_rate=rate, latent_scale=scale,
-               t_mean=float(kw.get("t_mean", 0.0)), t_std=float(kw.get("t_std", 1.0)))
+               t_mean=float(kw.get("t_mean", 0.0)), t_std=float(kw.get("t_std", 1.0)),
+               contrastive_weight=lam, model_guidance=w)
 
   # -------------------------------------------------------------------- frozen stage 1
 
@@ -221,7 +244,9 @@ class FlowMethod(Method):
   def sample_t(self, rng: Array, batch: int) -> Array:
     return jax.nn.sigmoid(self.t_mean + self.t_std * jax.random.normal(rng, (batch,)))
 
-  def _per_example_loss(self, params, x0, text, mask, rng, drop_rate):
+  def _per_example_loss(self, params, x0, text, mask, rng, drop_rate, objective=False):
+    """Per example: the velocity MSE, t and the dropped-caption flags; with ``objective``
+    also the training objective (the MSE unless contrastive_weight / model_guidance)."""
     b = x0.shape[0]
     k_t, k_n, k_d = jax.random.split(rng, 3)
     t = self.sample_t(k_t, b)
@@ -230,8 +255,20 @@ class FlowMethod(Method):
     xt = (1.0 - tt) * x0 + tt * noise
     drop = jax.random.uniform(k_d, (b,)) < drop_rate
     v = self.model.apply({"params": params}, xt, t, text, mask, drop)
-    err = jnp.square(v - (noise - x0))
-    return jnp.mean(err.reshape(b, -1), axis=-1), t, drop
+    target = noise - x0
+    mse = _per_row_mean(jnp.square(v - target))
+    if not objective:
+      return mse, t, drop
+    captioned = (~drop).astype(v.dtype)
+    obj = mse
+    if self.model_guidance > 0:
+      v_null = self.model.apply({"params": params}, xt, t, text, mask, jnp.ones_like(drop))
+      direction = jax.lax.stop_gradient(v - v_null) * captioned[:, None, None, None]
+      obj = _per_row_mean(jnp.square(v - target - self.model_guidance * direction))
+    if self.contrastive_weight > 0:
+      other = jnp.roll(target, 1, axis=0)  # another example's target, as Delta-FM's code
+      obj = obj - self.contrastive_weight * captioned * _per_row_mean(jnp.square(v - other))
+    return mse, t, drop, obj
 
   def loss(self, params: Params, batch: Batch, rng: Array, step: Array,
            frozen: Params | None = None) -> tuple[Array, dict[str, Array]]:
@@ -243,10 +280,11 @@ class FlowMethod(Method):
           else self.encode_latent(frozen, batch["image"]))
     chex.assert_rank(x0, 4)
     chex.assert_equal_shape_prefix([x0, text], 1)
-    per, t, drop = self._per_example_loss(params, x0, text, mask, rng, self.cfg_drop_rate)
-    loss = jnp.mean(per)
+    per, t, drop, obj = self._per_example_loss(params, x0, text, mask, rng,
+                                               self.cfg_drop_rate, objective=True)
+    loss, v_mse = jnp.mean(obj), jnp.mean(per)
     mid = (t > 0.25) & (t < 0.75)
-    return loss, {"loss": loss, "v_mse": loss,
+    return loss, {"loss": loss, "v_mse": v_mse,
                   "v_mse_mid": jnp.sum(per * mid) / jnp.maximum(jnp.sum(mid), 1),
                   "caption_drop": jnp.mean(drop.astype(jnp.float32)),
                   "latent_std": jnp.std(x0)}
@@ -381,6 +419,10 @@ class FlowMethod(Method):
                                    guidance_interval=interval)
     return self._generate_traced(params, text, mask, keys, frozen, guidance, steps=steps,
                                  solver=solver, guidance_interval=interval)
+
+
+def _per_row_mean(x: Array) -> Array:
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
 
 
 def _interval_option(value: Any) -> tuple[float, float]:
