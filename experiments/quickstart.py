@@ -28,7 +28,7 @@ EVAL_SEEDS = 3
 
 def get_config():
   r"""The model of experiments.flow_shapes, short and narrower: stage 1 for 400 steps and
-  stage 2 at width 96 for 1,000 on 5,000 shapes images (t drawn around 0: better than 0.5
+  stage 2 at width 96 for 1,250 on 5,000 shapes images (t drawn around 0: better than 0.5
   this short); then samples and the evaluation.
 
   Command:
@@ -44,14 +44,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, 2026-12-05, stop 37; README "Quick start"): every stated
-  attribute right in 14.5% +- 0.6% of test images (9.3% +- 0.6% compositional),
-  backgrounds 98%, cells 86%, shapes 38%, counts 30%. Run time: 392 s cold to prepare,
-  train and draw the samples, 498 s with the evaluation (idle VM at a slow hour, scene
-  reader cached; peak RSS 2.8 GB). Width 128 for 600 steps (the default before; the same
-  time): 5.0% +- 0.6% / 3.5% +- 0.4%, 417 s / 584 s in a slow hour, 302 s / 429 s in a
-  fast one.
-  The issue's targets (<= 5 min, >= 50%) are missed: 1,000 narrow flow steps are far too
+  Measured (2-core AMD EPYC VM, 2026-12-06, stop 46; README "Quick start"): every stated
+  attribute right in 19.2% +- 0.7% of test images (12.4% +- 0.9% compositional),
+  backgrounds 99%, cells 88%, shapes 41%, counts 43%. Run time: 516 s cold to prepare,
+  train and draw the samples, 639 s with the evaluation (idle VM at a slow hour: stage 1
+  took 115 s against 97 s at stop 37's; scene reader cached; peak RSS 2.9 GB). At 1,000
+  steps (stop 37): 14.5% +- 0.6% / 9.3% +- 0.6% in 392 s / 498 s.
+  The issue's targets (<= 5 min, >= 50%) are missed: 1,250 narrow flow steps are far too
   few (experiments.flow_shapes: 89% at 6,800 steps of width 160).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
