@@ -50,7 +50,7 @@ def _batch_mean(values: Array, mask: ArrayLike | None) -> Array:
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _per_example_mean(x: Array) -> Array:
+def per_example_mean(x: Array) -> Array:
   """Mean over all non-batch axes: [B, ...] -> [B]."""
   return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
 
@@ -131,7 +131,7 @@ def paper_loss(
   chex.assert_equal_shape([recon, target])
   chex.assert_equal_shape([mean, logvar])
   chex.assert_equal_shape_prefix([recon, mean], 1)
-  mse = _batch_mean(_per_example_mean(jnp.square(recon - target)), mask)
+  mse = _batch_mean(per_example_mean(jnp.square(recon - target)), mask)
   kl_per_example = gaussian_kl(mean, logvar) / mean.shape[-1]  # mean over latent dims
   kl = _batch_mean(kl_per_example, mask)
   loss = mse + kl_weight * kl
@@ -213,7 +213,7 @@ def cvae_loss(
   chex.assert_equal_shape([recon, target])
   chex.assert_equal_shape_prefix([recon, _f32(mean)], 1)
   num_dims = math.prod(recon.shape[1:])
-  mse = _batch_mean(_per_example_mean(jnp.square(recon - target)), mask)
+  mse = _batch_mean(per_example_mean(jnp.square(recon - target)), mask)
   kl_dims = gaussian_kl_per_dim(mean, logvar, prior_mean, prior_logvar)  # [B, L]
   if mask is None:
     kl_per_dim = jnp.mean(kl_dims, axis=0)  # [L]
@@ -233,7 +233,7 @@ def cvae_loss(
   if recon_prior is not None:
     recon_prior = _f32(recon_prior)
     chex.assert_equal_shape([recon_prior, target])
-    mse_prior = _batch_mean(_per_example_mean(jnp.square(recon_prior - target)), mask)
+    mse_prior = _batch_mean(per_example_mean(jnp.square(recon_prior - target)), mask)
     loss = loss + _f32(gsnn_weight) * mse_prior
     metrics["mse_prior"] = mse_prior
   return loss, {"loss": loss, "mse": mse, **metrics}
@@ -306,7 +306,7 @@ def paper_accuracy(
   chex.assert_equal_shape([recon, target])
   chex.assert_rank(recon, 4)
   hits = jnp.argmax(recon, axis=-1) == jnp.argmax(target, axis=-1)
-  return _batch_mean(_per_example_mean(_f32(hits)), mask)
+  return _batch_mean(per_example_mean(_f32(hits)), mask)
 
 
 def psnr(
@@ -323,7 +323,7 @@ def psnr(
   """
   recon, target = _f32(recon), _f32(target)
   chex.assert_equal_shape([recon, target])
-  return _batch_mean(psnr_from_mse(_per_example_mean(jnp.square(recon - target)), mse_floor),
+  return _batch_mean(psnr_from_mse(per_example_mean(jnp.square(recon - target)), mse_floor),
                      mask)
 
 

@@ -59,6 +59,7 @@ import ml_collections
 import numpy as np
 
 from t2i_jax.errors import UserError
+from t2i_jax.losses import per_example_mean
 from t2i_jax.methods.base import Batch, Method, Params
 from t2i_jax.methods.latent_ae import ae_kwargs, build_ae, init_key
 from t2i_jax.models import flow_dit as flow_dit_lib
@@ -256,7 +257,7 @@ class FlowMethod(Method):
     drop = jax.random.uniform(k_d, (b,)) < drop_rate
     v = self.model.apply({"params": params}, xt, t, text, mask, drop)
     target = noise - x0
-    mse = _per_row_mean(jnp.square(v - target))
+    mse = per_example_mean(jnp.square(v - target))
     if not objective:
       return mse, t, drop
     captioned = (~drop).astype(v.dtype)
@@ -264,10 +265,10 @@ class FlowMethod(Method):
     if self.model_guidance > 0:
       v_null = self.model.apply({"params": params}, xt, t, text, mask, jnp.ones_like(drop))
       direction = jax.lax.stop_gradient(v - v_null) * captioned[:, None, None, None]
-      obj = _per_row_mean(jnp.square(v - target - self.model_guidance * direction))
+      obj = per_example_mean(jnp.square(v - target - self.model_guidance * direction))
     if self.contrastive_weight > 0:
       other = jnp.roll(target, 1, axis=0)  # another example's target, as Delta-FM's code
-      obj = obj - self.contrastive_weight * captioned * _per_row_mean(jnp.square(v - other))
+      obj = obj - self.contrastive_weight * captioned * per_example_mean(jnp.square(v - other))
     return mse, t, drop, obj
 
   def loss(self, params: Params, batch: Batch, rng: Array, step: Array,
@@ -419,10 +420,6 @@ class FlowMethod(Method):
                                    guidance_interval=interval)
     return self._generate_traced(params, text, mask, keys, frozen, guidance, steps=steps,
                                  solver=solver, guidance_interval=interval)
-
-
-def _per_row_mean(x: Array) -> Array:
-  return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
 
 
 def _interval_option(value: Any) -> tuple[float, float]:

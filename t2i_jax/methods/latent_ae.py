@@ -66,8 +66,7 @@ def build_ae(kwargs: Mapping[str, Any]) -> latent_ae_lib.LatentAE:
 
 def mean_kl_per_dim(mean: Array, logvar: Array) -> Array:
   """KL(N(mean, exp(logvar)) || N(0, I)) per example, averaged over its dimensions: [B]."""
-  kl = losses.gaussian_kl_per_dim(mean, logvar)
-  return jnp.mean(kl.reshape(kl.shape[0], -1), axis=-1)
+  return losses.per_example_mean(losses.gaussian_kl_per_dim(mean, logvar))
 
 
 def init_key(rng: Array) -> Array:
@@ -106,8 +105,7 @@ class LatentAEMethod(Method):
 
   def _forward(self, params: Params, image: Array, rng: Array | None):
     out = self.model.apply({"params": params}, image, rng)
-    err = jnp.square(out["recon"] - image.astype(jnp.float32))
-    mse = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+    mse = losses.per_example_mean(jnp.square(out["recon"] - image.astype(jnp.float32)))
     kl = mean_kl_per_dim(out["mean"], out["logvar"])
     return out, mse, kl
 
