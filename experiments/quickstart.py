@@ -45,14 +45,15 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, 2026-12-06, stop 46; README "Quick start"): every stated
-  attribute right in 24.6% +- 1.0% of test images (18.0% +- 1.6% compositional),
-  backgrounds 100%, cells 90%, shapes 46%, counts 53%. Run time: 525 s cold to prepare,
-  train and draw the samples, 654 s with the evaluation (idle VM at a slow hour: stage 1
-  took 122 s against 97 s at stop 37's; scene reader cached; peak RSS 2.9 GB). At 1,000
-  steps (stop 37): 14.5% +- 0.6% / 9.3% +- 0.6% in 392 s / 498 s.
-  The issue's targets (<= 5 min, >= 50%) are missed: 1,250 narrow flow steps are far too
-  few (experiments.flow_shapes: 89% at 6,800 steps of width 160).
+  Measured (2-core AMD EPYC VM, 2026-12-07, stop 47; README "Quick start"): every stated
+  attribute right in 33.1% +- 0.7% of test images (27.3% +- 0.4% compositional),
+  backgrounds 100%, cells 96%, counts 75%, shapes 52%, relations 25%. Run time: 530 s cold
+  to prepare, train and draw the samples, 635 s with the evaluation (idle VM at a slow
+  hour: stage 1 took 123 s against 97 s at stop 37's; scene reader cached; peak RSS 2.7
+  GB). Stop 46's (depth 4, 1,250 steps, t around 0.5, guidance 7): 24.6% +- 1.0% / 18.0%
+  +- 1.6% in 525 s / 654 s; stop 37's (1,000 steps): 14.5% / 9.3% in 392 s / 498 s.
+  The issue's targets (<= 5 min, >= 50%) are missed: 1,525 small flow steps are far too
+  few (experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
