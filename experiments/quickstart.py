@@ -112,6 +112,8 @@ def get_config():
   # against depth 4's 30.1% +- 0.5% / 25.5% +- 1.4% (at guidance 7 29.6% / 24.7% against
   # 28.0% / 24.6%); at t around 0.5, depth 3 for 1,550 steps 26.9% / 20.4% against 24.6% /
   # 18.0% (the same stage 1, AMD VM, 2026-12-07). In the full hour depth 3 is worse (README).
+  # Depth 2 for 1,950 steps (about the same time): 33.2% / 28.0%, level, so 3 stays. At
+  # depth 3, guidance 3 / 5 give 32.4% / 31.9% on test (level with 4), Heun at 10 steps 29.4%.
   c.stage2.model_kwargs.depth = 3
   # Two self-attention layers over the words, as measured here. flow_shapes uses one
   # (better at 5,000-9,000 steps), but at 800 AdamW steps one layer is no better: 3.6% +- 1.2% /
