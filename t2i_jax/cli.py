@@ -120,11 +120,16 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
                       help="flow: guide only the steps with LO <= t <= HI (t = 1 is noise), "
                       "the conditional model alone elsewhere; 0,1 = every step (default: "
                       "the run's config.sample_guidance_interval)")
+  parser.add_argument("--time-shift", type=float, default=None, metavar="S",
+                      help="flow: the solver's time grid t = S u / (1 + (S - 1) u) on uniform "
+                      "u; S > 1 puts more steps near the noise end, 1 = uniform (default: "
+                      "the run's config.sample_time_shift)")
 
 
 def _sample_options(args) -> dict:
   return {"temperature": args.temperature, "guidance": args.guidance, "steps": args.steps,
-          "solver": args.solver, "guidance_interval": args.guidance_interval}
+          "solver": args.solver, "guidance_interval": args.guidance_interval,
+          "time_shift": args.time_shift}
 
 
 def _add_step(parser: argparse.ArgumentParser) -> None:

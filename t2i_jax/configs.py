@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Guidance applies only at steps whose t lies in [lo, hi] (t = 1 is noise); elsewhere the
   # conditional model alone (Kynkaanniemi et al. 2024). (0, 1) = every step.
   c.sample_guidance_interval = (0.0, 1.0)
+  # The solver's time grid: t = s u / (1 + (s - 1) u) on uniform u (SD3's shift); s > 1
+  # puts more steps near the noise end. 1 = uniform.
+  c.sample_time_shift = 1.0
   return c
 
 

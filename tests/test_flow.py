@@ -122,7 +122,8 @@ def test_methods_are_hashable_and_equal_per_config():
   assert not LatentAEMethod.GENERATES and FlowMethod.GENERATES
   assert FlowMethod.SAMPLE_OPTIONS == {"steps": "sample_steps", "guidance": "sample_guidance",
                                        "solver": "sample_solver",
-                                       "guidance_interval": "sample_guidance_interval"}
+                                       "guidance_interval": "sample_guidance_interval",
+                                       "time_shift": "sample_time_shift"}
 
 
 def test_latent_ae_loss_metrics_and_grads(ae_setup, ae_trained):
@@ -386,6 +387,28 @@ def test_guidance_interval_guides_only_its_steps(flow_setup):
                                                                         atol=1e-4)
 
 
+def test_time_shift_moves_the_solver_grid(flow_setup):
+  method, params, frozen = flow_setup
+  del frozen
+  batch = _batch()
+  keys = jax.random.split(jax.random.key(6), B)
+  latents = lambda guidance=2.0, **kw: np.asarray(method.sample_latents(
+      params, batch["text"], batch["mask"], keys, steps=4, guidance=guidance, **kw))
+  uniform = latents()
+  np.testing.assert_array_equal(latents(time_shift=1.0), uniform)  # 1: the same program
+  assert not np.allclose(latents(time_shift=3.0), uniform, atol=1e-4)
+  assert np.all(np.isfinite(latents(time_shift=0.5)))
+  # A guidance interval sees the grid's t. Shift 3 turns the uniform u = 1, .75, .5, .25
+  # into t = 1, .9, .75, .5: (0.85, 0.95) holds .9 there and none of the uniform t, so it
+  # guides one step of the shifted grid and none of the uniform one; (0.3, 0.4) holds none.
+  conditional = lambda s: latents(guidance=1.0, time_shift=s)
+  np.testing.assert_array_equal(latents(guidance_interval=(0.85, 0.95)), conditional(1.0))
+  assert not np.allclose(latents(guidance_interval=(0.85, 0.95), time_shift=3.0),
+                         conditional(3.0), atol=1e-4)
+  np.testing.assert_array_equal(latents(guidance_interval=(0.3, 0.4), time_shift=3.0),
+                                conditional(3.0))
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_generate_shape_dtype_range(flow_setup, solver):
   method, params, frozen = flow_setup
@@ -552,7 +575,8 @@ def test_joint_blocks_makes_only_the_first_blocks_joint(flow_setup):
     {"guidance": "strong"}, {"solver": "rk4"}, {"temperature": 1.0},
     {"guidance_interval": "0.5"}, {"guidance_interval": "0.8,0.2"},
     {"guidance_interval": "0,2"}, {"guidance_interval": "a,b"}, {"guidance_interval": 0.5},
-    {"guidance_interval": (0.1, float("nan"))},
+    {"guidance_interval": (0.1, float("nan"))}, {"time_shift": 0}, {"time_shift": -2.0},
+    {"time_shift": float("inf")}, {"time_shift": "steep"},
 ])
 def test_check_options_rejects_bad_values(options):
   method = FlowMethod.from_config(_config())
@@ -568,8 +592,10 @@ def test_check_options_converts_good_values():
   assert method.check_options({"steps": 4.0})["steps"] == 4
   assert method.check_options({"guidance_interval": " 0.2, 1"})["guidance_interval"] == (0.2, 1.0)
   assert method.check_options({"guidance_interval": [0, 0.5]})["guidance_interval"] == (0.0, 0.5)
+  assert method.check_options({"time_shift": "3"})["time_shift"] == 3.0
   assert method.default_options(_config()) == {"steps": 20, "guidance": 3.0, "solver": "euler",
-                                               "guidance_interval": (0.0, 1.0)}
+                                               "guidance_interval": (0.0, 1.0),
+                                               "time_shift": 1.0}
 
 
 def test_load_frozen_without_checkpoint_is_a_user_error(tmp_path):

@@ -106,18 +106,20 @@ def test_sampling_options_from_the_command_line(flow_run, tmp_path, capsys):
   npz = tmp_path / "s.npz"
   assert cli.main(["sample", "--workdir", run, "a red circle above a blue square",
                    "a blue square", "-n", "3", "--guidance", "2", "--steps", "2",
-                   "--solver", "heun", "--guidance-interval", "0.5,1",
+                   "--solver", "heun", "--guidance-interval", "0.5,1", "--time-shift", "2",
                    "--out", str(tmp_path / "g.png"), "--npz", str(npz)]) == 0
   with np.load(npz, allow_pickle=False) as data:
     assert data["images"].shape == (2, 3, 64, 64, 3) and data["images"].dtype == np.uint8
     assert list(data["captions"]) == ["a red circle above a blue square", "a blue square"]
     assert float(data["option_guidance"]) == 2.0 and int(data["option_steps"]) == 2
     assert data["option_guidance_interval"].tolist() == [0.5, 1.0]
+    assert float(data["option_time_shift"]) == 2.0
   capsys.readouterr()
   for bad, words in ((["--steps", "0"], "--steps must be at least 1"),
                      (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
                      (["--solver", "rk9"], "solver"),
                      (["--guidance-interval", "0.9,0.1"], "--guidance-interval must be"),
+                     (["--time-shift", "0"], "--time-shift must be a finite number > 0"),
                      (["--temperature", "0.5"], "has no sampling temperature")):
     assert cli.main(["sample", "--workdir", run, "a red circle", *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()

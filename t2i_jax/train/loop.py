@@ -39,7 +39,7 @@ RESUMABLE_KEYS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "steps_per_scan",
     "sample_latent_eval", "obs_sigma", "data_dir", "manual_dir", "nonfinite",
     "eval_sample_captions", "sample_steps", "sample_guidance", "sample_solver",
-    "sample_guidance_interval",
+    "sample_guidance_interval", "sample_time_shift",
     "sample_temperature", "first_stage_workdir", "judge_num",
     # Where the run executes, not what it computes (t2i_jax.parallel).
     "distributed", "data_on_device", "device_data_fraction", "device_data_budget_mb",
