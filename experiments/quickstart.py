@@ -70,7 +70,7 @@ def get_config():
   # off below): 19.2% +- 0.7% / 12.4% +- 0.9% all stated right against 14.5% / 9.3% at
   # 1,000, and 22.2% +- 0.5% / 15.1% +- 1.2% at 1,400 (the same stage 1; AMD VM,
   # 2026-12-06; docs/flow_experiments.md): this short, every 100 steps buy about 2 points.
-  c.stage2.max_steps = 1525  # at depth 3 (below): the time of depth 4's 1,250
+  c.stage2.max_steps = 2250  # joint attention, 2 heads, depth 2 (below): the time of 1,525 of stop 47's
   # No in-loop judge (flow_shapes scores 256 captions per split at each eval): the
   # quickstart's own evaluation scores 1,000 per split at the end, and the judge's ~45 s
   # (six evals) bought those 250 steps. The cheap in-loop eval (losses, a sample grid) stays.
@@ -85,7 +85,7 @@ def get_config():
   # about the same time give 14.4-14.6% on test (level) and 10-12% compositional (stop
   # 39, the same stage 1; docs/flow_experiments.md).
   c.stage2.model_kwargs.width = 96
-  c.stage2.model_kwargs.num_heads = 4  # 4 heads of 24 (flow_shapes: 5 of 32 at width 160)
+  c.stage2.model_kwargs.num_heads = 2  # 2 heads of 48 (flow_shapes: 5 of 32); joint attention below
   # A constant rate after the warm-up, as measured at width 128 (flow_shapes cools its
   # rate over its last 1,800 steps). Cooled over the last 200 of 600 (--config.stage2.
   # lr_schedule=wsd --config.stage2.lr_decay_start=400 --config.stage2.lr_decay_steps=600,
@@ -106,15 +106,36 @@ def get_config():
   # t_mean-1 run above: 3 29.5% / 24.7%, 4 30.1% / 25.5%, 5 29.7% / 25.4%, 7 28.0% / 24.6%,
   # 10 22.9% / 21.9% (`t2i evaluate --guidance G`, 3 seeds). In the full run 4 and 7 are level.
   c.stage2.sample_guidance = 4.0
-  # Depth 3, not flow_shapes' 4, for 1,525 steps, not 1,250: its step takes 0.82x depth 4's
+  # 10 solver steps on SD3's shifted grid (time shift 3: more steps near the noise end)
+  # instead of 20 uniform ones: half the network passes, level (47.9% +- 1.8% / 44.2% +-
+  # 0.2% against 47.6% / 43.9% on this config's run; on stop 47's, 33.7% against 33.6%,
+  # while 10 uniform steps lose 1.1 points and 6 shifted ones 1.1; `t2i evaluate
+  # --steps S --time-shift 3`, Intel VM, 2026-12-07).
+  c.stage2.sample_steps = 10
+  c.stage2.sample_time_shift = 3.0
+  # Depth 2 since stop 48, with joint attention (below). Stop 47 took depth 3, not
+  # flow_shapes' 4, for 1,525 steps, not 1,250: its step takes 0.82x depth 4's
   # (an interleaved probe of the two jitted steps, 275 against 338 ms, AMD VM beside a
   # screen), so the same time. With t around 1 and guidance 4: 33.1% +- 0.7% / 27.3% +- 0.4%
   # against depth 4's 30.1% +- 0.5% / 25.5% +- 1.4% (at guidance 7 29.6% / 24.7% against
   # 28.0% / 24.6%); at t around 0.5, depth 3 for 1,550 steps 26.9% / 20.4% against 24.6% /
   # 18.0% (the same stage 1, AMD VM, 2026-12-07). In the full hour depth 3 is worse (README).
-  # Depth 2 for 1,950 steps (about the same time): 33.2% / 28.0%, level, so 3 stays. At
+  # Depth 2 for 1,950 steps (about the same time): 33.2% / 28.0%, level, so 3 stayed. At
   # depth 3, guidance 3 / 5 give 32.4% / 31.9% on test (level with 4), Heun at 10 steps 29.4%.
-  c.stage2.model_kwargs.depth = 3
+  c.stage2.model_kwargs.depth = 2
+  # Joint attention (each block's image tokens attend over themselves and the words in one
+  # softmax; FlowDiT.joint_attention), with 2 heads of 48 over the tokens and 2 over the
+  # words, at depth 2, since stop 48: at the time of stop 47's 1,525 steps (depth 3, its
+  # separate self- and cross-attention, 4 heads) this takes 2,250 (0.69x the time per
+  # step, an interleaved probe of the jitted gradients, 101.6 against 147.1 ms), and
+  # gets 47.6% +- 2.0% / 43.9% +- 1.2% all stated right against 33.6% +- 0.7% / 27.3% +-
+  # 0.6%, relations 63% against 25% (the same stage 1; Intel VM, 2026-12-07;
+  # docs/flow_experiments.md). At depth 3 for 1,735 steps: 40.9% / 36.5%; with 4 heads
+  # (1,650 steps) 36.1% / 30.3%; 2 heads without joint attention (1,600) 31.9% / 23.4%.
+  # In the full hour joint attention learns the relations sooner, then falls behind
+  # (docs/flow_experiments.md): flow_shapes keeps its two attentions.
+  c.stage2.model_kwargs.joint_attention = True
+  c.stage2.model_kwargs.text_heads = 2
   # Two self-attention layers over the words, as measured here. flow_shapes uses one
   # (better at 5,000-9,000 steps), but at 800 AdamW steps one layer is no better: 3.6% +- 1.2% /
   # 2.6% +- 0.8% all stated right against 4.0% +- 0.6% / 3.1% +- 0.3% (the same stage 1,
