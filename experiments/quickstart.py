@@ -72,7 +72,8 @@ def get_config():
   # off below): 19.2% +- 0.7% / 12.4% +- 0.9% all stated right against 14.5% / 9.3% at
   # 1,000, and 22.2% +- 0.5% / 15.1% +- 1.2% at 1,400 (the same stage 1; AMD VM,
   # 2026-12-06; docs/flow_experiments.md): this short, every 100 steps buy about 2 points.
-  c.stage2.max_steps = 2250  # joint attention, 2 heads, depth 2 (below): the time of 1,525 of stop 47's
+  # Joint attention, 2 heads, depth 2 (below): 2,250 steps take the time of stop 47's 1,525.
+  c.stage2.max_steps = 2250
   # No in-loop judge (flow_shapes scores 256 captions per split at each eval): the
   # quickstart's own evaluation scores 1,000 per split at the end, and the judge's ~45 s
   # (six evals) bought those 250 steps. The cheap in-loop eval (losses, a sample grid) stays.

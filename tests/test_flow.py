@@ -388,8 +388,7 @@ def test_guidance_interval_guides_only_its_steps(flow_setup):
 
 
 def test_time_shift_moves_the_solver_grid(flow_setup):
-  method, params, frozen = flow_setup
-  del frozen
+  method, params, _ = flow_setup
   batch = _batch()
   keys = jax.random.split(jax.random.key(6), B)
   latents = lambda guidance=2.0, **kw: np.asarray(method.sample_latents(
