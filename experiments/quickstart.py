@@ -51,10 +51,15 @@ def get_config():
   backgrounds 99%, cells 99%, counts 90%, colours 89%, sizes 85%, shapes 67%, relations
   64%. Run time: 365 s cold to prepare, train and draw the samples, 404 s with the
   evaluation (idle; stage 1 75 s, stage 2 236 s; scene reader cached; peak RSS 2.6 GB).
+  On the 2-core AMD EPYC VM (idle, 2026-12-07, stop 49): 48.0% +- 1.5% / 43.9% +- 0.6%
+  in 447 s / 493 s (stage 1 79 s, stage 2 271 s). Around this config, 0, 1 or 3 text
+  layers for the steps their time buys, a 100-step warm-up and Muon's matrices at 2x
+  are 2-12 points worse (docs/flow_experiments.md).
   Stop 47's config (depth 3, separate attentions, 1,525 steps, 20 uniform sampling steps):
   33.6% +- 0.7% / 27.3% +- 0.6% on the same VM, 33.1% / 27.3% in 530 s / 635 s on the AMD
   EPYC VM at a slow hour; stop 46's: 24.6% / 18.0% in 525 s / 654 s (AMD).
-  The issue's targets (<= 5 min, >= 50%) are missed, by 1.1-1.7 min and 2.1 points: this
+  The issue's targets (<= 5 min, >= 50%) are missed, by 1.1-1.7 min (Intel; AMD 2.5-3.2)
+  and 2.0-2.1 points: this
   short, the steps bind (experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
@@ -142,7 +147,10 @@ def get_config():
   # Two self-attention layers over the words, as measured here. flow_shapes uses one
   # (better at 5,000-9,000 steps), but at 800 AdamW steps one layer is no better: 3.6% +- 1.2% /
   # 2.6% +- 0.8% all stated right against 4.0% +- 0.6% / 3.1% +- 0.3% (the same stage 1,
-  # --config.stage2.model_kwargs.text_layers=1; AMD VM, 2026-12-04).
+  # --config.stage2.model_kwargs.text_layers=1; AMD VM, 2026-12-04). At this config the
+  # word encoder binds (stop 49, AMD VM): one layer for 2,700 steps (0.83x the time per
+  # step) 41.2% / 35.2%, none for 3,600 35.8% / 28.3%, three for 2,015 41.9% / 39.7%,
+  # against two's 48.0% / 43.9%.
   c.stage2.model_kwargs.text_layers = 2
   c.stage2.checkpoint_every_steps = 0
   return c
