@@ -53,8 +53,8 @@ def get_config():
   evaluation (idle; stage 1 75 s, stage 2 236 s; scene reader cached; peak RSS 2.6 GB).
   On the 2-core AMD EPYC VM (idle, 2026-12-07, stop 49): 48.0% +- 1.5% / 43.9% +- 0.6%
   in 447 s / 493 s (stage 1 79 s, stage 2 271 s). Around this config, 0, 1 or 3 text
-  layers for the steps their time buys, a 100-step warm-up and Muon's matrices at 2x
-  are 2-12 points worse (docs/flow_experiments.md).
+  layers for the steps their time buys, a 100-step warm-up, Muon's matrices at 2x and
+  20% or 5% of captions dropped are level to 12 points worse (docs/flow_experiments.md).
   Stop 47's config (depth 3, separate attentions, 1,525 steps, 20 uniform sampling steps):
   33.6% +- 0.7% / 27.3% +- 0.6% on the same VM, 33.1% / 27.3% in 530 s / 635 s on the AMD
   EPYC VM at a slow hour; stop 46's: 24.6% / 18.0% in 525 s / 654 s (AMD).
