@@ -59,8 +59,8 @@ def get_config():
   33.6% +- 0.7% / 27.3% +- 0.6% on the same VM, 33.1% / 27.3% in 530 s / 635 s on the AMD
   EPYC VM at a slow hour; stop 46's: 24.6% / 18.0% in 525 s / 654 s (AMD).
   The issue's targets (<= 5 min, >= 50%) are missed, by 1.1-1.7 min (Intel; AMD 2.5-3.2)
-  and 2.0-2.1 points: this
-  short, the steps bind (experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
+  and 2.0-2.1 points. More steps are now a weak lever (2,700 give 49.4%, +1.5 points for
+  1.2x stage 2's time; experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
@@ -141,7 +141,8 @@ def get_config():
   # docs/flow_experiments.md). At depth 3 for 1,735 steps: 40.9% / 36.5%; with 4 heads
   # (1,650 steps) 36.1% / 30.3%; 2 heads without joint attention (1,600) 31.9% / 23.4%.
   # In the full hour joint attention learns the relations sooner, then falls behind
-  # (docs/flow_experiments.md): flow_shapes keeps its two attentions.
+  # (docs/flow_experiments.md); with 2 heads at depth 3 for the same time (stop 49) it is
+  # behind from about half the run: flow_shapes keeps its two attentions.
   c.stage2.model_kwargs.joint_attention = True
   c.stage2.model_kwargs.text_heads = 2
   # Two self-attention layers over the words, as measured here. flow_shapes uses one
