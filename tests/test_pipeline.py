@@ -44,6 +44,30 @@ def test_table_dedupes_images(prepared):
   assert {"stated", "attr_present", "attr_background"} <= set(t.extras)
 
 
+def test_stored_images_are_the_rendered_ones(prepared):
+  """Each image is stored once as PNG (common.png_bytes) and reads back bit for bit."""
+  from t2i_jax.data import shapes  # pylint: disable=import-outside-toplevel
+  cfg, _ = prepared
+  t = pipeline.load_table(cfg, "train")
+  rendered = {e["image_id"]: e["image"] for e in shapes.generate_split(
+      "train", num_images=60, seed=3)}
+  assert sorted(rendered) == sorted(t.image_ids)
+  for i, name in enumerate(t.image_ids):
+    np.testing.assert_array_equal(t.images[i], rendered[name])
+
+
+def test_png_bytes_refuses_what_is_not_a_stored_image():
+  from t2i_jax.data import common  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="uint8"):
+    common.png_bytes(np.zeros((64, 64, 3), np.float32))
+  with pytest.raises(ValueError, match="64, 64, 3"):
+    common.png_bytes(np.zeros((32, 32, 3), np.uint8))
+  once = common.PngOnce()
+  a = np.full((64, 64, 3), 7, np.uint8)
+  assert once("x", a) is once("x", a)  # the same image's pairs share one encoding
+  assert once("y", a + 1) != once("x", a)
+
+
 def _batches(table, **kw):
   return list(pipeline.iterate(table, **kw))
 

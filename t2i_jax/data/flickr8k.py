@@ -928,6 +928,7 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
                         f"{source.root}; {EXPECTED}.")
       self._source = source
       self._stream = None
+      self._png = common.PngOnce()
       return {s: self._generate_examples(s) for s in splits}
 
     def _examples(self):
@@ -954,7 +955,8 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
         values, st = spec.encode(self._glove, pair.caption)
         self._stats += st
         yield f"{pair.image}#{pair.index}", {
-            "image": image, "caption": pair.caption, "image_id": pair.image,
+            "image": self._png(pair.image, image), "caption": pair.caption,
+            "image_id": pair.image,
             "caption_index": pair.index, "split": split, **values}
       if not self._pending:
         self._write_metadata()

@@ -343,6 +343,7 @@ def make_builder(spec, manual_dir: str, data_dir: str | None = None, image_mode:
       self._report = Report(missing_images=missing, pairs_skipped=sum(
           1 for p in source.captions.pairs if p.image not in source.present))
       self._stats = common.CaptionStats()
+      self._png = common.PngOnce()
       by_split = source.pairs_by_split(test_fraction)
       self._splits = [s for s in SPLITS if by_split[s]]
       self._done: list[str] = []
@@ -365,7 +366,8 @@ def make_builder(spec, manual_dir: str, data_dir: str | None = None, image_mode:
         self._stats += st
         self._bar.update(1)
         yield f"{pair.image}#{pair.index}", {
-            "image": image, "caption": pair.caption, "image_id": pair.image,
+            "image": self._png(pair.image, image), "caption": pair.caption,
+            "image_id": pair.image,
             "caption_index": pair.index, "split": split, **values}
       self._done.append(split)
       if len(self._done) == len(self._splits):
