@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Scale and speed (t2i_jax.parallel). batch_size is the global batch over all devices.
   c.precision = "float32"  # float32 | bfloat16 (compute only; params/optimiser stay float32)
   c.distributed = False  # jax.distributed.initialize() (multi-host; env vars also trigger it)
+  # > 0: split a CPU host into this many XLA devices, each running its slice of every batch
+  # (parallel.maybe_use_cpu_devices; 0 = JAX's one CPU device). No effect on accelerators.
+  c.cpu_devices = 0
   c.data_on_device = "auto"  # auto | always | never: keep the train table on the devices
   c.device_data_fraction = 0.25  # 'auto': on device if it fits this share of device memory
   # 'auto' on the CPU, which reports no device memory: this many MB, or with 0 the same

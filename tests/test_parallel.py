@@ -145,3 +145,36 @@ def test_unknown_precision_is_a_user_error(tmp_path):
   c.precision = "float16"
   with pytest.raises(UserError, match="precision"):
     train.train_and_evaluate(c, tmp_path)
+
+
+def test_cpu_devices_split_a_fresh_process_into_host_devices():
+  """--config.cpu_devices=N gives a fresh process N CPU devices (parallel.maybe_use_cpu_devices)."""
+  code = ("from t2i_jax import configs, parallel\n"
+          "c = configs.base_config(); c.cpu_devices = 3\n"
+          "assert parallel.maybe_use_cpu_devices(c) == 3\n"
+          "import jax; print(len(jax.devices('cpu')))\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=120, check=True)
+  assert out.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_cpu_devices_after_jax_started_is_one_note_not_a_crash(capsys):
+  import jax  # pylint: disable=import-outside-toplevel
+  from t2i_jax import parallel  # pylint: disable=import-outside-toplevel
+  have = len(jax.devices("cpu"))  # starts the backends, as any test before this one may have
+  c = configs.base_config()
+  assert parallel.maybe_use_cpu_devices(c) == 0
+  assert capsys.readouterr().out == ""
+  c.cpu_devices = have + 1
+  assert parallel.maybe_use_cpu_devices(c) == have + 1
+  assert f"cpu_devices={have + 1} not applied" in capsys.readouterr().out
+  assert len(jax.devices("cpu")) == have
+
+
+def test_negative_cpu_devices_is_a_user_error(tmp_path):
+  from t2i_jax import train  # pylint: disable=import-outside-toplevel
+  c = configs.base_config()
+  c.cpu_devices = -1
+  with pytest.raises(UserError, match="cpu_devices must be at least 0"):
+    train.train_and_evaluate(c, tmp_path)

@@ -43,6 +43,7 @@ RESUMABLE_KEYS = frozenset({
     "sample_temperature", "first_stage_workdir", "judge_num",
     # Where the run executes, not what it computes (t2i_jax.parallel).
     "distributed", "data_on_device", "device_data_fraction", "device_data_budget_mb",
+    "cpu_devices",
 })
 
 PRECISIONS = ("float32", "bfloat16")
@@ -115,7 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, low in (("batch_size", 1), ("steps_per_scan", 1), ("eval_batch_size", 1),
                    ("num_epochs", 0), ("max_steps", 0), ("checkpoint_every_steps", 0),
                    ("log_every_steps", 0), ("eval_every_epochs", 1), ("keep_checkpoints", 1),
-                   ("eval_sample_captions", 0), ("judge_num", 0)):
+                   ("eval_sample_captions", 0), ("judge_num", 0), ("cpu_devices", 0)):
     if config[key] < low:
       raise UserError(f"--config.{key} must be at least {low}, got {config[key]}.")
   if config.lr_schedule == "cosine" and config.lr_decay_steps <= config.warmup_steps:
@@ -260,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   latest checkpoint with the same data order and randomness; a finished run is left alone.
   """
   validate(config)
-  parallel.maybe_initialize_distributed(config)  # before anything touches a device
+  parallel.maybe_use_cpu_devices(config)  # these two before anything touches a device
+  parallel.maybe_initialize_distributed(config)
   parallel.check_same_run(config, workdir)  # processes: one config, one shared workdir
   workdir = Path(workdir).expanduser()
   common.host_only_tensorflow()
