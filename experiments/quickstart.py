@@ -42,11 +42,18 @@ def get_config():
   depth 2 (flow_shapes: 160, depth 4), joint attention over the tokens and the words with
   2 heads (flow_shapes: self-attention and cross-attention, 5 heads), two text layers
   with 2 heads, EMA 0.99, t drawn around 1 (flow_shapes: 0.5), sampled at guidance 4
-  (flow_shapes: 7) with 10 Euler steps at time shift 3 (flow_shapes: 20, uniform).
+  (flow_shapes: 7) with 10 Euler steps at time shift 3 (flow_shapes: 20, uniform). On a
+  CPU both stages run on 2 XLA host devices (cpu_devices; flow_shapes: 1).
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core Intel Xeon VM, 2026-12-07, stop 48; README "Quick start"): every stated
+  Measured (2-core AMD EPYC VM, idle, 2026-12-07 09:45 UTC, stop 50; README "Quick
+  start"): every stated attribute right in 46.7% +- 0.7% of test images (43.7% +- 0.5%
+  compositional), shapes 66%, relations 62%; 336 s cold to prepare, train and draw the
+  samples, 375 s with the evaluation (preparing 12.8 s, stage 1 47 s on 2 host devices,
+  stage 2 ~220 s; peak RSS 3.1 GB). The same VM's run of stop 49's code an hour before
+  (one device, the in-loop eval every epoch, the old preparing): 374 s to samples,
+  48.0% / 43.9%. Stop 48's config on the Intel VM (its numbers follow): every stated
   attribute right in 47.9% +- 1.8% of test images (44.2% +- 0.2% compositional),
   backgrounds 99%, cells 99%, counts 90%, colours 89%, sizes 85%, shapes 67%, relations
   64%. Run time: 365 s cold to prepare, train and draw the samples, 404 s with the
@@ -54,16 +61,25 @@ def get_config():
   On the 2-core AMD EPYC VM (idle, 2026-12-07, stop 49): 48.0% +- 1.5% / 43.9% +- 0.6%
   in 447 s / 493 s (stage 1 79 s, stage 2 271 s). Around this config, 0, 1 or 3 text
   layers for the steps their time buys, a 100-step warm-up, Muon's matrices at 2x and
-  20% or 5% of captions dropped are level to 12 points worse (docs/flow_experiments.md).
+  20% or 5% of captions dropped are level to 12 points worse (docs/flow_experiments.md);
+  so are (stop 50) the words at width 64 or 48 (-9 / -14 points) and stage 1 for 250,
+  600 or 800 steps or at batch 32 (-3 to -6).
   Stop 47's config (depth 3, separate attentions, 1,525 steps, 20 uniform sampling steps):
   33.6% +- 0.7% / 27.3% +- 0.6% on the same VM, 33.1% / 27.3% in 530 s / 635 s on the AMD
   EPYC VM at a slow hour; stop 46's: 24.6% / 18.0% in 525 s / 654 s (AMD).
-  The issue's targets (<= 5 min, >= 50%) are missed, by 1.1-1.7 min (Intel; AMD 2.5-3.2)
-  and 2.0-2.1 points. More steps are now a weak lever (2,700 give 49.4%, +1.5 points for
-  1.2x stage 2's time; experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
+  The training seed moves the score by 13 points: --config.seed=1 gets 34.1% +- 0.2% /
+  27.7% +- 0.4% (34.7% / 27.2% on one device), relations 31%, at the same final loss;
+  --config.seed=2 42.8% +- 0.6% / 39.6% +- 0.9% (the three seeds: 41.2% on average).
+  The issue's targets (<= 5 min, >= 50%) are missed, by 0.6 min (1.3 with the evaluation;
+  AMD VM, fast hour) and 3.3 points with seed 0 (8.8 on the three seeds' mean). More
+  steps are now a weak lever (2,700 give 49.4%, +1.5 points for 1.2x stage 2's time;
+  experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
+  # 400 stage-1 steps: 250 or batch 32 (cheaper, PSNR 29.7 / 31.9 dB against 32.5) and
+  # 600 or 800 (sharper, 33.8 / 34.5 dB) all follow captions worse after the same stage 2:
+  # 43.9% / 44.8% / 44.8% / 42.2% all stated right on test against 48.0% (stop 50, AMD VM).
   c.stage1.max_steps = 400
   c.stage1.checkpoint_every_steps = 0
   # flow_shapes' Muon. The choices below were measured at width 128 (the quickstart's
@@ -153,7 +169,18 @@ def get_config():
   # step) 41.2% / 35.2%, none for 3,600 35.8% / 28.3%, three for 2,015 41.9% / 39.7%,
   # against two's 48.0% / 43.9%.
   c.stage2.model_kwargs.text_layers = 2
+  # The words at the DiT's width: narrower (text_width 64 or 48, 0.78x / 0.72x the time per
+  # step) loses 9 / 14 points at the same 2,250 steps, most on relations (33% / 31%).
   c.stage2.checkpoint_every_steps = 0
+  # Both stages on 2 XLA host devices (parallel.maybe_use_cpu_devices; each runs half of
+  # every batch, side by side): stage 1's convolutions step 1.5x as fast on the 2-core VM
+  # (143 against 95 ms, 150 steps from scratch), stage 2 is level (16.2 against 16.3 s an
+  # epoch) and its in-loop eval 1.5x as fast; 4 devices: stage 1 1.8x, stage 2 0.75x.
+  # No effect on a GPU or TPU.
+  c.cpu_devices = 2
+  # The in-loop eval (losses on the 1,250 test pairs and a grid) every 4th epoch and at the
+  # end, not every epoch: 1-2 s each, and the evaluation below scores the run.
+  c.stage2.eval_every_epochs = 4
   return c
 
 
