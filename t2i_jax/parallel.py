@@ -331,6 +331,6 @@ def is_main_process() -> bool:
 __all__ = [
     "DATA_AXIS", "TIMEOUT_ENV", "batch_sharding", "check_batch_size", "check_same_run",
     "config_fingerprint", "distributed_timeout_s", "is_main_process", "make_mesh",
-    "maybe_initialize_distributed", "maybe_use_cpu_devices", "pad_to_multiple", "process_slice", "replicate",
-    "replicated", "shard_local",
+    "maybe_initialize_distributed", "maybe_use_cpu_devices", "pad_to_multiple",
+    "process_slice", "replicate", "replicated", "shard_local",
 ]
