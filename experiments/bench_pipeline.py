@@ -27,11 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   Command: python -m experiments.bench_pipeline --config.data_dir=DATA_DIR (the built-in
   shapes; a new or empty DATA_DIR for a cold prepare).
-  Measured (idle 2-core AMD EPYC VM, 2026-12-04; README "Benchmarks"): shapes, 20,000
-  images, 100,000 pairs prepared in 86.9 s (peak RSS of all processes 1.1 GB); batch 1
-  3,775 examples/s, in [256, 1] chunks 224,564, batch 64 110,233, batch 1024 187,204;
-  100 s for the command. The shared Flickr8k sample (--config.dataset=flickr8k
-  --config.manual_dir=$T2I_FLICKR8K_DIR): 5,015 pairs in 12.4 s, 16 s for the command.
+  Measured (2-core AMD EPYC VM, alone, 2026-12-07, stop 50; README "Benchmarks"): shapes,
+  20,000 images, 100,000 pairs prepared in 27.9 s (peak RSS of all processes 1.0 GB);
+  batch 1 6,375 examples/s, in [256, 1] chunks 289,772, batch 64 209,605, batch 1024
+  333,553; 37 s for the command. The shared Flickr8k sample (--config.dataset=flickr8k
+  --config.manual_dir=$T2I_FLICKR8K_DIR): 5,015 pairs in 7.4 s, 11 s for the command.
+  Before each image's PNG was encoded once (2026-12-04, idle): 86.9 s and 12.4 s.
   """
   return ml_collections.ConfigDict({
       "dataset": "shapes",
