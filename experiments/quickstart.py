@@ -69,9 +69,10 @@ def get_config():
   EPYC VM at a slow hour; stop 46's: 24.6% / 18.0% in 525 s / 654 s (AMD).
   The training seed moves the score by 13 points: --config.seed=1 gets 34.1% +- 0.2% /
   27.7% +- 0.4% (34.7% / 27.2% on one device), relations 31%, at the same final loss;
-  --config.seed=2 42.8% +- 0.6% / 39.6% +- 0.9% (the three seeds: 41.2% on average).
-  The issue's targets (<= 5 min, >= 50%) are missed, by 0.6 min (1.3 with the evaluation;
-  AMD VM, fast hour) and 3.3 points with seed 0 (8.8 on the three seeds' mean). More
+  --config.seed=2 42.8% +- 0.6% / 39.6% +- 0.9%, --config.seed=3 39.4% +- 0.8% / 33.7%
+  +- 0.2% (a cold run of 311 s / 346 s): the four seeds average 40.8% / 36.2%.
+  The issue's targets (<= 5 min, >= 50%) are missed, by 0.2-0.6 min (0.8-1.3 with the
+  evaluation; AMD VM, fast hours) and 3.3 points with seed 0 (9.2 on the four seeds' mean). More
   steps are now a weak lever (2,700 give 49.4%, +1.5 points for 1.2x stage 2's time;
   experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
   """
