@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -246,6 +246,23 @@ def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh over ``devices`` (default: all devices of all processes) named 'data'."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def local_rows(batch_size: int) -> tuple[int, Callable[[Any], Any], Callable[[Any], Any]]:
+  """How a process-local inference loop splits its rows over this process's devices.
+
+  Returns (batch size rounded up to a multiple of the local device count, place params
+  replicated, place a [B, ...] batch split along B). With one local device the batch
+  size is unchanged and both placements are the identity: jit places the inputs. Only
+  this process's devices take part, so each host of a multi-host run samples alone.
+  """
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return batch_size, lambda tree: tree, lambda tree: tree
+  mesh = make_mesh(devices)
+  rows, whole = batch_sharding(mesh, chunked=False), replicated(mesh)
+  return (pad_to_multiple(batch_size, mesh), lambda tree: jax.device_put(tree, whole),
+          lambda tree: jax.device_put(tree, rows))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from t2i_jax import checkpoint as checkpoint_lib
-from t2i_jax import methods
+from t2i_jax import methods, parallel
 from t2i_jax.data import common, pipeline
 from t2i_jax.errors import UserError
 
@@ -219,7 +219,8 @@ def draw(method: methods.Method, params: Any, frozen: Any, text: np.ndarray, *, 
   """Caption tensors [C, ...] -> uint8 images [C, n, 64, 64, 3] with checked ``options``.
 
   Requests are padded to a power-of-two batch, so that grids of other sizes do not compile
-  again.
+  again. Where this process has several devices (GPUs, or ``cpu_devices`` host devices),
+  each call's rows are split over them; a row's image depends only on its own key.
   """
   if n < 1:
     raise UserError(f"the number of samples must be at least 1, got {n}.")
@@ -232,11 +233,13 @@ def draw(method: methods.Method, params: Any, frozen: Any, text: np.ndarray, *, 
   fn = _generate_fn(method)
   key = jax.random.key(int(seed))
   static = tuple(sorted(options.items()))
+  size, put_whole, put_rows = parallel.local_rows(size)  # rows split over local devices
+  params, frozen, key = put_whole((params, frozen, key))
   outputs = []
   for start in range(0, total, size):
     rows = np.arange(start, start + size) % total  # the last call is padded with repeats
-    outputs.append(fn(params, frozen, text[caption_id[rows]], caption_id[rows],
-                      sample_id[rows], key, options=static))
+    outputs.append(fn(params, frozen, *put_rows((text[caption_id[rows]], caption_id[rows],
+                                                 sample_id[rows])), key, options=static))
   images = np.concatenate([np.asarray(o) for o in jax.device_get(outputs)])[:total]
   return images.reshape((num, n) + images.shape[1:])
 

@@ -178,3 +178,65 @@ def test_negative_cpu_devices_is_a_user_error(tmp_path):
   c.cpu_devices = -1
   with pytest.raises(UserError, match="cpu_devices must be at least 0"):
     train.train_and_evaluate(c, tmp_path)
+
+
+_DRAW_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, ml_collections, numpy as np
+    from t2i_jax import configs, sample
+    from t2i_jax.methods.flow import FlowMethod
+    from t2i_jax.methods.latent_ae import LatentAEMethod
+
+    assert len(jax.local_devices()) == 3, jax.local_devices()
+    c = configs.base_config()
+    c.model_kwargs = ml_collections.ConfigDict({
+        "ae": {"channels": (8,), "latent_channels": 4, "num_res": 0}, "patch": 4,
+        "width": 16, "depth": 1, "num_heads": 2, "text_heads": 2, "max_len": 6})
+    rs = np.random.RandomState(0)
+    batch = {"image": rs.rand(2, 64, 64, 3).astype(np.float32),
+             "text": rs.randn(2, 6, 50).astype(np.float32), "mask": np.ones((2, 6), bool)}
+    ae = LatentAEMethod.from_config(c)
+    method = FlowMethod.from_config(c)
+    frozen = method.frozen_from_params(ae.init(jax.random.key(0), batch))
+    frozen["latent_scale"] = np.float32(1.0)
+    params = method.init(jax.random.key(1), batch)
+    # Random output layers and gates: the zero-initialised ones would draw pure noise.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
+                                       for p, k in zip(leaves, keys)])
+    text = rs.randn(5, 6, 50).astype(np.float32)
+    options = sample.resolve_options(method, c, {"steps": 3})
+    draw = lambda t, n: sample.draw(method, params, frozen, t, n=n, seed=0, options=options)
+    calls, generate_fn = [], sample._generate_fn
+    def spy(m):  # records each call's rows and the devices they are split over
+      fn = generate_fn(m)
+      def call(params, frozen, text, *rest, **kw):
+        sharding = getattr(text, "sharding", None)
+        calls.append([text.shape[0], len(sharding.device_set) if sharding else 1])
+        return fn(params, frozen, text, *rest, **kw)
+      return call
+    sample._generate_fn = spy
+    three = draw(text, 2)  # 10 rows: a batch of 16, padded to 18 to split over 3 devices
+    devices = jax.local_devices()
+    sample.jax.local_devices = lambda: devices[:1]  # the same draw on one device
+    one = draw(text, 2)
+    print(json.dumps({"three": three.tolist(), "one": one.tolist(), "calls": calls}))
+""")
+
+
+def test_sampling_splits_rows_over_the_host_devices():
+  """sample.draw on 3 host devices: each call's rows split over them (padded to a multiple
+  of 3), the images those of one device up to uint8 rounding."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _DRAW_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = {k: np.asarray(v, np.int32) for k, v in
+         json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+  assert out["calls"].tolist() == [[18, 3], [16, 1]]  # rows per call, devices they span
+  assert out["three"].shape == (5, 2, 64, 64, 3)
+  assert out["three"].std() > 5  # images, not a constant
+  diff = np.abs(out["three"] - out["one"])
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
