@@ -461,6 +461,28 @@ def test_dropped_caption_ignores_the_caption(flow_setup):
                              np.asarray(apply(jnp.flip(batch["text"], 0))), atol=1e-6)
 
 
+def test_sincos_pos_init_starts_both_tables_at_distinct_sincos_rows():
+  from t2i_jax.models import words  # pylint: disable=import-outside-toplevel
+  method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
+      dict(TINY, pos_init="sincos"))))
+  params = method.init(jax.random.key(2), _batch())
+  tokens, word_pos = params["pos_embedding"], params["word_encoder"]["pos_embedding"]
+  np.testing.assert_array_equal(np.asarray(tokens), words.sincos_2d(4, 4, 32))
+  np.testing.assert_array_equal(np.asarray(word_pos), words.sincos_1d(np.arange(T), 32))
+  # Row-major, as patchify orders the tokens: token 5 is row 1, column 1; 4 is row 1, col 0.
+  half = 16
+  np.testing.assert_array_equal(tokens[5, :half], tokens[4, :half])
+  np.testing.assert_array_equal(tokens[5, half:], tokens[1, half:])
+  for table in (tokens, word_pos):  # every position distinct, at the features' scale
+    d = np.linalg.norm(np.asarray(table)[:, None] - np.asarray(table)[None], axis=-1)
+    assert d[~np.eye(len(d), dtype=bool)].min() > 0.05
+  default = FlowMethod.from_config(_config()).init(jax.random.key(2), _batch())
+  assert float(jnp.std(default["pos_embedding"])) < 0.05  # 'normal': std 0.02
+  for bad in ({"pos_init": "sinus"}, {"pos_init": "sincos", "width": 30, "num_heads": 2}):
+    with pytest.raises(UserError, match="pos_init"):
+      FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(dict(TINY, **bad))))
+
+
 @pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
 def test_a_narrower_word_encoder_feeds_the_wider_dit(flow_setup):
   """text_width < width: the words stay narrow, the pooled caption and the DiT do not."""

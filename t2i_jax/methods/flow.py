@@ -40,9 +40,9 @@ training pairs of the stage-1 run's dataset (deterministic, so a resumed run get
 value). It travels in the frozen pytree: ``{"params": stage-1 params, "latent_scale": []}``.
 
 Settings (``config.model_kwargs``): ``FlowDiT`` fields (patch, width, depth, num_heads,
-mlp_ratio, text_layers, text_heads, text_width, shared_adaln, out_conv, max_len) at the top
-level, the stage-1 architecture under ``ae`` (as ``t2i_jax.methods.latent_ae`` reads it),
-plus ``latent_scale``, ``t_mean``, ``t_std``.
+mlp_ratio, text_layers, text_heads, text_width, shared_adaln, joint_attention, joint_blocks,
+out_conv, max_len, pos_init) at the top level, the stage-1 architecture under ``ae`` (as
+``t2i_jax.methods.latent_ae`` reads it), plus ``latent_scale``, ``t_mean``, ``t_std``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ Array = jax.Array
 SOLVERS = ("euler", "heun")
 _DIT_FIELDS = ("patch", "width", "depth", "num_heads", "mlp_ratio", "text_layers",
                "text_heads", "text_width", "shared_adaln", "joint_attention", "joint_blocks",
-               "out_conv", "max_len")
+               "out_conv", "max_len", "pos_init")
 _OWN_FIELDS = ("ae", "latent_scale", "t_mean", "t_std")
 # Training pairs whose stage-1 latents set the measured latent scale.
 _SCALE_PAIRS = 1000
@@ -136,6 +136,12 @@ class FlowMethod(Method):
     if model.width % model.num_heads or model.width % model.text_heads:
       raise UserError(f"model_kwargs.width={model.width} is not a multiple of num_heads="
                       f"{model.num_heads} and text_heads={model.text_heads}.")
+    if model.pos_init not in ("normal", "sincos"):
+      raise UserError(f"model_kwargs.pos_init must be 'normal' or 'sincos', not "
+                      f"{model.pos_init!r}.")
+    if model.pos_init == "sincos" and (model.width % 4 or (model.text_width or model.width) % 2):
+      raise UserError(f"model_kwargs.pos_init='sincos' needs a width divisible by 4 and an even "
+                      f"text width, not {model.width} / {model.text_width or model.width}.")
     rate = float(config.cfg_drop_rate)
     if not 0.0 <= rate < 1.0:
       raise UserError(f"cfg_drop_rate must be in [0, 1), got {rate}.")
