@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation, logging and checkpoints.
   c.eval_batch_size = 256
   c.eval_every_epochs = 1
+  # A checkpoint at every this-many epoch ends, at the run's end, at checkpoint_every_steps
+  # and on SIGINT / SIGTERM. Resuming from any of them is exact; a run killed outright
+  # (SIGKILL, power) loses what it trained since the last one.
+  c.checkpoint_every_epochs = 1
   c.sample_latent_eval = True  # sample z at evaluation, as the paper does
   c.eval_sample_captions = 4  # a grid for this many test captions at each eval (0 = none)
   # The in-loop judge (t2i_jax.train.judge): at each eval, score one sample for each of

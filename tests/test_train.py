@@ -91,6 +91,19 @@ def test_run_writes_metrics_config_run_info_tensorboard_and_checkpoints(runs):
       20, 22, 30]
 
 
+def test_checkpoint_every_epochs_skips_epoch_ends_but_never_the_last(runs, tmp_path):
+  """checkpoint_every_epochs=2 over 3 epochs of 22 steps: saves at 44 and the end (66)."""
+  config = _config(runs["data_dir"], num_epochs=3, max_steps=0, checkpoint_every_steps=0,
+                   checkpoint_every_epochs=2, keep_checkpoints=5)
+  state = train.train_and_evaluate(config, tmp_path / "run")
+  assert int(state.step) == 66
+  assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [44, 66]
+  with pytest.raises(UserError, match="checkpoint_every_epochs must be at least 1"):
+    train.train_and_evaluate(_config(runs["data_dir"], checkpoint_every_epochs=0),
+                             tmp_path / "bad")
+
+
 def test_restore_for_inference_needs_no_optimizer(runs, tmp_path):
   config, params, step = checkpoint.restore_for_inference(runs["full_dir"])
   assert step == TOTAL and config.model == "model1"

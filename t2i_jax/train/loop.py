@@ -35,7 +35,8 @@ from t2i_jax.train.state import TrainState, create_train_state
 # Config keys that may change between a run and its resumption: they change how long the
 # run goes, how it is logged or evaluated, or where the data lives, not what is trained.
 RESUMABLE_KEYS = frozenset({
-    "num_epochs", "max_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "num_epochs", "max_steps", "checkpoint_every_steps", "checkpoint_every_epochs",
+    "keep_checkpoints",
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "steps_per_scan",
     "sample_latent_eval", "obs_sigma", "data_dir", "manual_dir", "nonfinite",
     "eval_sample_captions", "sample_steps", "sample_guidance", "sample_solver",
@@ -115,7 +116,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"{config[key]!r}.")
   for key, low in (("batch_size", 1), ("steps_per_scan", 1), ("eval_batch_size", 1),
                    ("num_epochs", 0), ("max_steps", 0), ("checkpoint_every_steps", 0),
-                   ("log_every_steps", 0), ("eval_every_epochs", 1), ("keep_checkpoints", 1),
+                   ("log_every_steps", 0), ("eval_every_epochs", 1),
+                   ("checkpoint_every_epochs", 1), ("keep_checkpoints", 1),
                    ("eval_sample_captions", 0), ("judge_num", 0), ("cpu_devices", 0)):
     if config[key] < low:
       raise UserError(f"--config.{key} must be at least {low}, got {config[key]}.")
@@ -426,7 +428,9 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
             line += " | judge " + judge_lib.summary(verdicts)
         if full_epoch:
           epoch_tally, elapsed_before, reader = Tally(), 0.0, None
-        save(step, 0.0 if full_epoch else epoch_time)
+        if (not full_epoch or epoch % config.checkpoint_every_epochs == 0 or step == total
+            or due_save or stop.signum is not None):
+          save(step, 0.0 if full_epoch else epoch_time)
         writer.flush()
         if main:
           pbar.write(line + f" | {epoch_time:.1f}s")
