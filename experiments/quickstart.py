@@ -47,11 +47,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, idle, 2026-12-07 09:45 UTC, stop 50; README "Quick
+  Measured (2-core AMD EPYC VM, idle, 2026-12-07 12:13 UTC, stop 51; README "Quick
   start"): every stated attribute right in 46.7% +- 0.7% of test images (43.7% +- 0.5%
-  compositional), shapes 66%, relations 62%; 336 s cold to prepare, train and draw the
-  samples, 375 s with the evaluation (preparing 12.8 s, stage 1 47 s on 2 host devices,
-  stage 2 ~220 s; peak RSS 3.1 GB). The same VM's run of stop 49's code an hour before
+  compositional), shapes 66%, relations 62%; 306 s cold to prepare, train and draw the
+  samples, 334 s with the evaluation (preparing 12.5 s, stage 1 48 s on 2 host devices,
+  stage 2 239 s, the evaluation 28 s on both host devices; peak RSS 2.9 GB). Stop 50's
+  code trains the same bits: 336 s / 375 s at 09:45 UTC (its evaluation on one device,
+  a checkpoint each epoch). The same VM's run of stop 49's code an hour before that
   (one device, the in-loop eval every epoch, the old preparing): 374 s to samples,
   48.0% / 43.9%. Stop 48's config on the Intel VM (its numbers follow): every stated
   attribute right in 47.9% +- 1.8% of test images (44.2% +- 0.2% compositional),
@@ -71,10 +73,12 @@ def get_config():
   27.7% +- 0.4% (34.7% / 27.2% on one device), relations 31%, at the same final loss;
   --config.seed=2 42.8% +- 0.6% / 39.6% +- 0.9%, --config.seed=3 39.4% +- 0.8% / 33.7%
   +- 0.2% (a cold run of 311 s / 346 s): the four seeds average 40.8% / 36.2%.
-  The issue's targets (<= 5 min, >= 50%) are missed, by 0.2-0.6 min (0.8-1.3 with the
-  evaluation; AMD VM, fast hours) and 3.3 points with seed 0 (9.2 on the four seeds' mean). More
-  steps are now a weak lever (2,700 give 49.4%, +1.5 points for 1.2x stage 2's time;
-  experiments.flow_shapes: 89% at 6,800 steps of width 160, depth 4).
+  The issue's targets (<= 5 min, >= 50%) are missed, by 6 s (34 s with the evaluation;
+  AMD VM, stop 51's hour) and 3.3 points with seed 0 (9.2 on the four seeds' mean). Steps
+  are a weak lever either way: 2,700 give 49.4%, +1.5 points for 1.2x stage 2's time;
+  stopping at 2,100 (16 s sooner) loses 0.8 / 1.7 points on the four seeds' mean, at
+  1,925 3.1 / 3.9 on seeds 1-3 (`t2i evaluate --step`, stop 51); experiments.flow_shapes: 89% at
+  6,800 steps of width 160, depth 4.
   """
   c = flow_shapes.get_config()  # the same model, on a quarter of the data, short
   c.num_images = 5000
