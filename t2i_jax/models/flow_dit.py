@@ -107,7 +107,8 @@ class WordEncoder(nn.Module):
     x = words.contextual_words(
         self, text, mask, width=self.width, num_layers=self.num_layers,
         num_heads=self.num_heads, max_len=self.max_len, dtype=self.dtype,
-        pos_init=self.pos_init, mlp=lambda i, y: MLP(self.width, self.width * self.mlp_ratio, self.dtype,
+        pos_init=self.pos_init,
+        mlp=lambda i, y: MLP(self.width, self.width * self.mlp_ratio, self.dtype,
                              name=f"mlp{i}")(y))
     m = mask[..., None].astype(x.dtype)
     pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)

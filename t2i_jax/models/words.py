@@ -65,7 +65,8 @@ def contextual_words(module: nn.Module, text: Array, mask: Array, *, width: int,
   """GloVe words [B, T, D] + bool mask [B, T] -> contextual words [B, T, width] (final LN).
 
   ``mlp(i, x)`` is block ``i``'s MLP (the caller names its layers); ``module`` owns the
-  positional table, initialised as ``pos_init`` says (``position_init``). Raises ValueError when T exceeds ``max_len``.
+  positional table, initialised as ``pos_init`` says (``position_init``). Raises
+  ValueError when T exceeds ``max_len``.
   """
   t = text.shape[1]
   if t > max_len:
