@@ -44,6 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.glove = ""  # '' = built-in GloVe 6B 50d, else a path to a GloVe text file
   c.caption_mode = "sum"  # sum | mean | sequence
   c.max_caption_len = 32  # sequence mode only
+  # Sequence mode, data on the device: each batch's split_long_rows longest captions are
+  # padded to max_caption_len and the rest to split_caption_len words, and the step runs
+  # the model on the two parts (loss and metrics: their row-weighted means), so short
+  # captions do not pay the long ones' padding and every batch keeps its random mix
+  # (pipeline.length_split_grid). 0 = one part, every caption padded to max_caption_len.
+  c.split_caption_len = 0
+  c.split_long_rows = 0
   c.remove_stopwords = True
   c.caption_dtype = "float32"
   c.num_images = 20000  # shapes only
@@ -86,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: split a CPU host into this many XLA devices, each running its slice of every batch
   # (parallel.maybe_use_cpu_devices; 0 = JAX's one CPU device). No effect on accelerators.
   c.cpu_devices = 0
+  # > 0: train on the first this many devices only (one process), e.g. a step whose small
+  # ops do not gain from splitting while the process's other work does. 0 = all devices.
+  c.train_devices = 0
   c.data_on_device = "auto"  # auto | always | never: keep the train table on the devices
   c.device_data_fraction = 0.25  # 'auto': on device if it fits this share of device memory
   # 'auto' on the CPU, which reports no device memory: this many MB, or with 0 the same

@@ -240,3 +240,99 @@ def test_sampling_splits_rows_over_the_host_devices():
   assert out["three"].std() > 5  # images, not a constant
   diff = np.abs(out["three"] - out["one"])
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+_SPLIT_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from t2i_jax import parallel
+    from t2i_jax.data import pipeline
+    from t2i_jax.train import step
+
+    assert len(jax.devices()) == 4, jax.devices()
+    mesh = parallel.make_mesh()
+    rs = np.random.RandomState(0)
+    lengths = rs.randint(2, 9, 64)  # words per caption, padded to 8
+    mask = np.arange(8)[None] < lengths[:, None]
+    data = {"images": rs.randint(0, 256, (16, 4, 4, 3)).astype(np.uint8),
+            "image_index": rs.randint(0, 16, 64).astype(np.int32),
+            "text": (rs.randn(64, 8, 3) * mask[..., None]).astype(np.float32), "mask": mask}
+    grid = pipeline.epoch_permutation(64, 0, 0)[:48].reshape(3, 16)
+    grid = pipeline.length_split_grid(grid, lengths, short_len=5, long_rows=8,
+                                      num_devices=4).astype(np.int32)
+    index = parallel.shard_local(grid, mesh)
+    long, short = jax.jit(lambda d, i: step.split_rows(pipeline.gather_pairs(d, i), 8, 5, mesh))(
+        data, index)
+    shards = grid.reshape(3, 4, 4)  # [steps, devices, rows]: 2 long rows first in each shard
+    out = {"long_rows": np.asarray(long["mask"]).sum(-1).tolist(),
+           "want_long_rows": lengths[shards[:, :, :2].reshape(3, 8)].tolist(),
+           "short_rows": np.asarray(short["mask"]).sum(-1).tolist(),
+           "want_short_rows": lengths[shards[:, :, 2:].reshape(3, 8)].tolist(),
+           "text_same": bool(np.array_equal(
+               np.asarray(short["text"]), data["text"][shards[:, :, 2:].reshape(3, 8)][..., :5, :])),
+           "shapes": [list(long["text"].shape), list(short["text"].shape)],
+           "devices": [len(long["text"].sharding.device_set),
+                       len(short["text"].sharding.device_set)]}
+    print(json.dumps(out))
+""")
+
+
+def test_split_rows_cut_each_shard_into_its_long_and_short_rows_on_four_devices():
+  """step.split_rows on 4 host devices: each part takes the same rows of every shard, the
+  long part holds every caption over 5 words, the short part loses only padding, and both
+  stay split over the 4 devices."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["long_rows"] == out["want_long_rows"]
+  assert out["short_rows"] == out["want_short_rows"]
+  assert max(max(r) for r in out["short_rows"]) <= 5 < max(max(r) for r in out["long_rows"])
+  assert out["text_same"]
+  assert out["shapes"] == [[3, 8, 8, 3], [3, 8, 5, 3]]
+  assert out["devices"] == [4, 4]
+
+
+_TRAIN_DEVICES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from t2i_jax import configs, train
+    from t2i_jax.errors import UserError
+
+    assert len(jax.devices()) == 2, jax.devices()
+    def config(**kw):
+      c = configs.base_config()
+      c.dataset, c.data_dir, c.num_images = "shapes", sys.argv[1] + "/tfds", 40
+      c.model_kwargs = {"hidden_dim": 8, "latent_dim": 4, "decoder_dims": (8, 16)}
+      c.batch_size, c.num_epochs, c.max_steps, c.steps_per_scan = 8, 1, 4, 2
+      c.eval_batch_size, c.eval_sample_captions = 16, 0
+      for k, v in kw.items():
+        c[k] = v
+      return c
+    out = {}
+    for n in (1, 0):
+      state = train.train_and_evaluate(config(train_devices=n), f"{sys.argv[1]}/run{n}")
+      out[f"devices_{n}"] = json.load(open(f"{sys.argv[1]}/run{n}/run.json"))["num_devices"]
+      out[f"param_devices_{n}"] = len(jax.tree.leaves(state.params)[0].sharding.device_set)
+    try:
+      train.train_and_evaluate(config(train_devices=3), f"{sys.argv[1]}/run3")
+    except UserError as e:
+      out["error"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_train_devices_trains_on_the_first_devices_of_the_process(tmp_path):
+  """--config.train_devices=1 in a process of 2 host devices trains on one device (the
+  run's mesh and params), 0 on both; more than the process has is one line."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _TRAIN_DEVICES_SCRIPT, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (out["devices_1"], out["param_devices_1"]) == (1, 1)
+  assert (out["devices_0"], out["param_devices_0"]) == (2, 2)
+  assert "train_devices=3" in out["error"] and "\n" not in out["error"]

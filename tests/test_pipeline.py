@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from t2i_jax.data import pipeline, prepare
+from t2i_jax.errors import UserError
 
 
 def _config(data_dir, **kw):
@@ -151,3 +152,27 @@ def test_interrupted_prepare_is_not_complete(tmp_path, monkeypatch):
   monkeypatch.setattr(shapes, "_render_chunk", real)
   s = prepare.prepare(pipeline.get_builder(cfg), quiet=True)
   assert sum(s["pairs_per_split"].values()) == 150
+
+
+def test_length_split_grid_keeps_each_batch_and_puts_its_long_captions_first_in_each_shard():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 25, 1003)
+  grid = pipeline.epoch_permutation(1003, 1, 2)[:31 * 32].reshape(31, 32)
+  long_count = (lengths[grid] > 16).sum(axis=1)
+  out = pipeline.length_split_grid(grid, lengths, short_len=16, long_rows=24, num_devices=2)
+  assert long_count.max() <= 24  # no batch overflows at this long_rows
+  for before, after in zip(grid, out):  # the same batches, rows rearranged
+    assert sorted(before.tolist()) == sorted(after.tolist())
+  shards = out.reshape(31, 2, 16)  # [steps, devices, rows per device]
+  assert (lengths[shards[:, :, 12:]] <= 16).all()  # each shard's first 12 rows: the long part
+  assert not np.array_equal(out, grid)
+  # Too few long rows for a batch: its excess swaps with short captions of other batches.
+  tight = pipeline.length_split_grid(grid, lengths, short_len=16, long_rows=14, num_devices=2)
+  assert sorted(tight.ravel().tolist()) == sorted(grid.ravel().tolist())  # no pair lost
+  assert (lengths[tight.reshape(31, 2, 16)[:, :, 7:]] <= 16).all()
+  moved = sum(sorted(a.tolist()) != sorted(b.tolist()) for a, b in zip(grid, tight))
+  assert 0 < moved < 31
+  np.testing.assert_array_equal(
+      tight, pipeline.length_split_grid(grid, lengths, 16, 14, 2))  # a pure function
+  with pytest.raises(UserError, match="raise split_long_rows to at least"):
+    pipeline.length_split_grid(grid, lengths, short_len=16, long_rows=4, num_devices=2)

@@ -14,6 +14,7 @@ import chex
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from t2i_jax import checkpoint, configs, train
@@ -183,6 +184,24 @@ def test_chunking_does_not_change_the_result(state_and_batches):
   split, _ = train.train_chunk(split, rest, rng, 3)
   assert int(split.step) == 8 and _equal_trees(split.params, eight.params)
   np.testing.assert_allclose(float(m5["loss"]), np.mean(losses_one[:5]), rtol=1e-6)
+
+
+def test_a_batch_in_parts_takes_the_step_of_the_whole_batch(state_and_batches):
+  """A batch given as parts (split_caption_len: rows at two caption lengths) weights each
+  part's loss and metrics by its rows: with plain SGD the update is the whole batch's."""
+  state, batches, rng = state_and_batches
+  sgd = optax.sgd(1.0)  # the update is the gradient itself
+  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  batch = jax.tree.map(lambda x: x[0], batches)
+  parts = (jax.tree.map(lambda x: x[:3], batch), jax.tree.map(lambda x: x[3:], batch))
+  whole, m_whole = jax.jit(train.train_step)(state, batch, rng)
+  split, m_split = jax.jit(train.train_step)(state, parts, rng)
+  chex.assert_trees_all_close(split.params, whole.params, rtol=1e-5, atol=1e-5)
+  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(state.params)))
+  assert moved > 1e-3  # the comparison is not between two unchanged states
+  for key in ("loss", "mse", "kl"):
+    np.testing.assert_allclose(float(m_split[key]), float(m_whole[key]), rtol=1e-4)
 
 
 def test_nonfinite_loss_names_the_step(state_and_batches, tmp_path):

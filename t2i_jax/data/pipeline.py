@@ -276,6 +276,45 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int, shuffle: bool = 
   return rng.permutation(num_examples)
 
 
+def length_split_grid(grid: np.ndarray, lengths: np.ndarray, short_len: int, long_rows: int,
+                      num_devices: int) -> np.ndarray:
+  """An epoch's [steps, B] pair grid, arranged for a step run on two parts of each batch.
+
+  Each batch's rows are dealt over its ``num_devices`` shards (B / num_devices rows each,
+  in order) longest first, so that each shard's first ``long_rows / num_devices`` rows
+  hold every caption of it with more than ``short_len`` words: those rows form the part
+  padded to the full length, the rest the part padded to ``short_len`` (``train.step``).
+  A batch with more than ``long_rows`` such captions (rare when ``long_rows`` is well above
+  the mean) swaps the excess for short captions of the next batches with room. A pure
+  function of its inputs, so a resumed run reads the same batches.
+  """
+  grid = np.array(grid, copy=True)
+  steps, batch = grid.shape
+  is_long = np.asarray(lengths)[grid] > short_len
+  count = is_long.sum(axis=1)
+  if count.sum() > long_rows * steps:
+    raise UserError(f"--config.split_long_rows={long_rows}: this epoch has {int(count.sum())} "
+                    f"captions of more than split_caption_len={short_len} words, more than "
+                    f"{long_rows} a batch; raise split_long_rows to at least "
+                    f"{-(-int(count.sum()) // max(steps, 1))}.")
+  for i in np.flatnonzero(count > long_rows):  # move the excess to batches with room
+    j = i
+    while count[i] > long_rows:
+      j = (j + 1) % steps
+      while count[j] < long_rows and count[i] > long_rows:
+        a = np.flatnonzero(is_long[i])[0]
+        b = np.flatnonzero(~is_long[j])[0]
+        grid[i, a], grid[j, b] = grid[j, b], grid[i, a]
+        is_long[i, a], is_long[j, b] = False, True
+        count[i] -= 1
+        count[j] += 1
+  longest_first = np.argsort(-np.asarray(lengths)[grid], axis=1, kind="stable")
+  ranked = np.take_along_axis(grid, longest_first, axis=1)
+  # rank r goes to shard r % num_devices: each shard gets its share of the long captions
+  per = batch // num_devices
+  return ranked.reshape(steps, per, num_devices).transpose(0, 2, 1).reshape(steps, batch)
+
+
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
   if drop_remainder:
     return num_examples // batch_size

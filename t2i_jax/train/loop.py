@@ -44,7 +44,7 @@ RESUMABLE_KEYS = frozenset({
     "sample_temperature", "first_stage_workdir", "judge_num",
     # Where the run executes, not what it computes (t2i_jax.parallel).
     "distributed", "data_on_device", "device_data_fraction", "device_data_budget_mb",
-    "cpu_devices",
+    "cpu_devices", "train_devices",
 })
 
 PRECISIONS = ("float32", "bfloat16")
@@ -109,6 +109,14 @@ class CheckpointMeta:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """One-line errors for settings the trainer cannot run, before any data is loaded."""
+  if config.split_caption_len and not (
+      config.caption_mode == "sequence" and 0 < config.split_caption_len < config.max_caption_len
+      and 0 < config.split_long_rows < config.batch_size):
+    raise UserError(f"--config.split_caption_len={config.split_caption_len} needs "
+                    f"caption_mode=sequence, 0 < split_caption_len < max_caption_len "
+                    f"({config.max_caption_len}) and 0 < split_long_rows "
+                    f"({config.split_long_rows}) < batch_size ({config.batch_size}); or 0 "
+                    "for no split.")
   for key, allowed in (("precision", PRECISIONS), ("data_on_device", DATA_ON_DEVICE),
                        ("nonfinite", NONFINITE_MODES), ("lr_schedule", LR_SCHEDULES)):
     if config[key] not in allowed:
@@ -118,7 +126,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                    ("num_epochs", 0), ("max_steps", 0), ("checkpoint_every_steps", 0),
                    ("log_every_steps", 0), ("eval_every_epochs", 1),
                    ("checkpoint_every_epochs", 1), ("keep_checkpoints", 1),
-                   ("eval_sample_captions", 0), ("judge_num", 0), ("cpu_devices", 0)):
+                   ("eval_sample_captions", 0), ("judge_num", 0), ("cpu_devices", 0),
+                   ("train_devices", 0)):
     if config[key] < low:
       raise UserError(f"--config.{key} must be at least {low}, got {config[key]}.")
   if config.lr_schedule == "cosine" and config.lr_decay_steps <= config.warmup_steps:
@@ -214,13 +223,17 @@ class _ChunkReader:
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _epoch_reader(config, table: pipeline.Table, step: int, spe: int, on_device: bool):
+def _epoch_reader(config, table: pipeline.Table, step: int, spe: int, on_device: bool,
+                  num_devices: int):
   """This process's chunks of the epoch holding ``step``, from ``step`` on."""
   epoch = step // spe
   perm = pipeline.epoch_permutation(len(table), config.seed, epoch)
   if on_device:  # the same order as tf.data's, as [k, B_local] indices gathered on device
     local = config.batch_size // jax.process_count()
     grid = perm[:spe * config.batch_size].reshape(spe, config.batch_size).astype(np.int32)
+    if config.split_caption_len:  # the same batches, each laid out for its two parts
+      grid = pipeline.length_split_grid(grid, table.mask.sum(axis=1), config.split_caption_len,
+                                        config.split_long_rows, num_devices)
     start = jax.process_index() * local
     index = grid[step - epoch * spe:, start:start + local]
     return _ChunkReader(iter([{"index": index}]))
@@ -298,7 +311,12 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
 
   # Data parallelism (t2i_jax.parallel): state and keys replicated, batches split over the
   # 'data' axis of all devices. One device is the same program on a 1-device mesh.
-  mesh = parallel.make_mesh()
+  if config.train_devices and (jax.process_count() > 1
+                               or config.train_devices > jax.device_count()):
+    raise UserError(f"--config.train_devices={config.train_devices}: a single process has "
+                    f"{jax.device_count()} device(s) here and {jax.process_count()} "
+                    "process(es) run; give at most that many in one process, or 0 for all.")
+  mesh = parallel.make_mesh(jax.devices()[:config.train_devices or None])
   parallel.check_batch_size(config.batch_size, mesh)
   method = methods.get(config)
   frozen = _load_or_store_frozen(workdir, method, config, main)
@@ -321,6 +339,15 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   on_device, why = step_lib.device_data_decision(config, train_table)
   if main and config.data_on_device == "auto" and not on_device:
     print(f"data: {why}.")
+  split = None
+  if config.split_caption_len:
+    if not on_device:
+      raise UserError(f"--config.split_caption_len needs the train table on the device ({why}); "
+                      "set --config.data_on_device=always or --config.split_caption_len=0.")
+    if config.split_long_rows % mesh.devices.size:
+      raise UserError(f"--config.split_long_rows={config.split_long_rows} must be a multiple "
+                      f"of the {mesh.devices.size} devices.")
+    split = (config.split_long_rows, config.split_caption_len, mesh)
   device_data, features = None, None
   if on_device:  # a family may read the images only through frozen params: encode them once
     features = method.image_features(state.frozen, train_table.images)
@@ -375,13 +402,15 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
     try:
       while step < total:
         if reader is None:  # an epoch starts (or resumes)
-          reader, t_epoch = _epoch_reader(config, train_table, step, spe, on_device), time.perf_counter()
+          reader = _epoch_reader(config, train_table, step, spe, on_device,
+                                 int(mesh.devices.size))
+          t_epoch = time.perf_counter()
         end = _next_boundary(config, step, spe, total)
         chunk = parallel.shard_local(pipeline.pad_leading(reader.take(end - step),
                                                           int(config.steps_per_scan)), mesh)
         if on_device:
           state, metrics = step_lib.train_chunk_on_device(state, device_data, chunk["index"],
-                                                          train_rng, end - step, skip)
+                                                          train_rng, end - step, skip, split)
         else:
           state, metrics = step_lib.train_chunk(state, chunk, train_rng, end - step, skip)
         if pending is not None:

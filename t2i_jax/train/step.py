@@ -48,6 +48,8 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
   Returns (new state, the method's metrics as float32 scalars).
   """
   step_rng = jax.random.fold_in(rng, state.step)
+  if isinstance(batch, tuple):  # parts of one batch at their own caption lengths
+    return _split_train_step(state, tuple(float_batch(b) for b in batch), step_rng)
   batch = float_batch(batch)
 
   def loss_fn(params):
@@ -56,6 +58,48 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _split_train_step(state: TrainState, parts: tuple[Batch, ...],
+                      step_rng: jax.Array) -> tuple[TrainState, Metrics]:
+  """One step on a batch given as parts (``split_rows``): the loss and each metric are the
+  parts' means weighted by their rows, i.e. the means over the whole batch (a metric that
+  is not a mean, e.g. a std, is the weighted mean of the parts'); one gradient."""
+  rows = [jax.tree.leaves(b)[0].shape[0] for b in parts]
+  weights = [r / sum(rows) for r in rows]
+
+  def loss_fn(params):
+    outs = [state.method.loss(params, b, jax.random.fold_in(step_rng, i), state.step,
+                              state.frozen) for i, b in enumerate(parts)]
+    metrics = {k: sum(w * m[k] for w, (_, m) in zip(weights, outs)) for k in outs[0][1]}
+    return sum(w * loss for w, (loss, _) in zip(weights, outs)), metrics
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def split_rows(batches: Batch, long_rows: int, short_len: int,
+               mesh: jax.sharding.Mesh) -> tuple[Batch, Batch]:
+  """[K, B, ...] batches laid out by ``pipeline.length_split_grid`` -> (the long part:
+  each shard's first long_rows / num_devices rows at full caption length, the short part:
+  the other rows with captions cut to ``short_len`` words). Each part takes the same rows
+  of every shard and is constrained to the batch's sharding, so both stay split over the
+  devices with no data moved (unconstrained, XLA ran them whole on each device)."""
+  num_devices = mesh.devices.size
+  per_shard = long_rows // num_devices
+  sharded = parallel.batch_sharding(mesh)  # P(None, 'data'): axis 1 over the devices
+
+  def part(x, lo, hi):
+    k, b = x.shape[:2]
+    x = jax.lax.with_sharding_constraint(
+        x.reshape(k, num_devices, b // num_devices, *x.shape[2:]), sharded)[:, :, lo:hi]
+    return jax.lax.with_sharding_constraint(x.reshape(k, -1, *x.shape[3:]), sharded)
+
+  long = {key: part(x, 0, per_shard) for key, x in batches.items()}
+  short = {key: part(x, per_shard, None) for key, x in batches.items()}
+  short["text"], short["mask"] = short["text"][:, :, :short_len], short["mask"][:, :, :short_len]
+  return long, short
 
 
 def _all_finite(tree) -> jax.Array:
@@ -189,13 +233,13 @@ _CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @functools.cache
-def _jit_for_backend(fn):
+def _jit_for_backend(fn, static_argnames=("skip_nonfinite",)):
   """``fn`` jitted with ``_CPU_COMPILER_OPTIONS`` where the default backend is the CPU.
 
   Decided at the first call, not at import: asking for the backend initialises it, which
   must wait until the process has set its devices (the CLI's host device count)."""
   options = _CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-  return jax.jit(fn, static_argnames="skip_nonfinite", compiler_options=options)
+  return jax.jit(fn, static_argnames=static_argnames, compiler_options=options)
 
 
 def _train_chunk_jit(*args, **kwargs):
@@ -316,25 +360,33 @@ def use_device_data(config, table: pipeline.Table) -> bool:
   return device_data_decision(config, table)[0]
 
 
-def _train_chunk_on_device(state, data, index, rng, num_steps, skip_nonfinite=False):
-  return _train_chunk(state, pipeline.gather_pairs(data, index), rng, num_steps,
-                      skip_nonfinite)
+def _train_chunk_on_device(state, data, index, rng, num_steps, skip_nonfinite=False,
+                           split=None):
+  batches = pipeline.gather_pairs(data, index)
+  if split is not None:
+    batches = split_rows(batches, *split)
+  return _train_chunk(state, batches, rng, num_steps, skip_nonfinite)
 
 
 def _train_chunk_on_device_jit(*args, **kwargs):
-  return _jit_for_backend(_train_chunk_on_device)(*args, **kwargs)
+  return _jit_for_backend(_train_chunk_on_device, ("skip_nonfinite", "split"))(*args, **kwargs)
 
 
 def train_chunk_on_device(state: TrainState, data: Mapping[str, jax.Array], index: jax.Array,
                           rng: jax.Array, num_steps: int | None = None,
-                          skip_nonfinite: bool = False) -> tuple[TrainState, Metrics]:
+                          skip_nonfinite: bool = False,
+                          split: tuple[int, int, jax.sharding.Mesh] | None = None,
+                          ) -> tuple[TrainState, Metrics]:
   """``train_chunk`` on batches gathered on device: ``data`` from ``device_table``, ``index``
   the [K, B] int32 pair indices of the chunk (the only per-chunk host-to-device transfer).
+  ``split`` = (long_rows, short_len, the training mesh), for an index laid out by
+  ``pipeline.length_split_grid``: each step runs on the two parts of ``split_rows``.
   """
   if num_steps is None:
     num_steps = index.shape[0]
   return _train_chunk_on_device_jit(state, data, index, rng, np.int32(num_steps),
-                                    skip_nonfinite=bool(skip_nonfinite))
+                                    skip_nonfinite=bool(skip_nonfinite),
+                                    split=split)
 
 
 __all__ = ["device_data_budget", "device_data_decision", "device_table", "host_memory_bytes",
