@@ -85,7 +85,7 @@ def split_rows(batches: Batch, long_rows: int, short_len: int,
   each shard's first long_rows / num_devices rows at full caption length, the short part:
   the other rows with captions cut to ``short_len`` words). Each part takes the same rows
   of every shard and is constrained to the batch's sharding, so both stay split over the
-  devices with no data moved (unconstrained, XLA ran them whole on each device)."""
+  devices as the batch is, with no rows moved between them (tests/test_parallel.py)."""
   num_devices = mesh.devices.size
   per_shard = long_rows // num_devices
   sharded = parallel.batch_sharding(mesh)  # P(None, 'data'): axis 1 over the devices
