@@ -77,9 +77,10 @@ def get_config():
   same final loss;
   --config.seed=2 42.8% +- 0.6% / 39.6% +- 0.9%, --config.seed=3 39.4% +- 0.8% / 33.7%
   +- 0.2% (a cold run of 311 s / 346 s): the four seeds average 40.8% / 36.2%.
-  With stop 52's code --config.seed=1 gets 34.5% / 27.9% in 277 s / 304 s.
-  The issue's targets (<= 5 min, >= 50%) are missed, by 4-10 s with the evaluation (met
-  to the samples; AMD VM, stop 52) and 4.7 points with seed 0 (about 10 on the mean). Steps
+  With stop 52's code seeds 1 / 2 / 3 get 34.5% / 41.6% / 40.1% (27.9% / 39.0% / 37.6%
+  compositional) in 277-287 s / 304-316 s: 40.4% / 36.5% on the four seeds' mean.
+  The issue's targets (<= 5 min, >= 50%) are missed, by 4-16 s with the evaluation (met
+  to the samples; AMD VM, stop 52) and 4.7 points with seed 0 (9.6 on the mean). Steps
   are a weak lever either way: 2,700 give 49.4%, +1.5 points for 1.2x stage 2's time;
   stopping at 2,100 (16 s sooner) loses 0.8 / 1.7 points on the four seeds' mean, at
   1,925 3.1 / 3.9 on seeds 1-3 (`t2i evaluate --step`, stop 51); experiments.flow_shapes: 89% at
