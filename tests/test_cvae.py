@@ -293,27 +293,10 @@ def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   # skip compiling the CVAE's (see _random_params), everything else runs for real.
   monkeypatch.setattr(methods_vae, "_init_params",
                       lambda model, rngs, text, image: _random_params(model, text, image))
-  c = configs.base_config()
-  c.dataset = "shapes"
-  c.data_dir = str(tmp_path / "tfds")
-  c.num_images = 40
-  c.caption_mode = "sequence"
-  c.max_caption_len = 8
-  c.remove_stopwords = False
-  c.model = "cvae"
-  c.model_kwargs = dict(TINY, gsnn=True)
-  c.gsnn_weight = 0.5
-  c.kl_weight = 0.1
-  c.kl_warmup_steps = 4
-  c.free_bits = 0.1
-  c.optimizer = "adam"
-  c.batch_size = 8
-  c.num_epochs = 1
-  c.max_steps = 2
-  c.steps_per_scan = 1
-  c.eval_batch_size = 16
-  c.log_every_steps = 0
-  c.checkpoint_every_steps = 0
+  c = _tiny_sequence_config(tmp_path / "tfds", max_caption_len=8,
+                            model_kwargs=dict(TINY, gsnn=True), gsnn_weight=0.5,
+                            kl_weight=0.1, kl_warmup_steps=4, free_bits=0.1, num_epochs=1,
+                            max_steps=2, steps_per_scan=1)
   state = train.train_and_evaluate(c, tmp_path / "run")
   assert int(state.step) == 2
   recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -325,30 +308,33 @@ def test_one_training_run_on_tiny_sequence_data(tmp_path, monkeypatch):
   assert test["kl_nats"] == pytest.approx(test["kl"], rel=1e-4)  # ELBO with the learned prior
 
 
-def _split_config(data_dir, **changes):
+def _tiny_sequence_config(data_dir, **changes):
+  """A tiny CVAE on 40 shapes images' word sequences (stopwords kept), then ``changes``."""
   c = configs.base_config()
   c.dataset = "shapes"
   c.data_dir = str(data_dir)
   c.num_images = 40
   c.caption_mode = "sequence"
-  c.max_caption_len = 12  # train captions of 6-12 words: 95 of 180 fit 11
   c.remove_stopwords = False
   c.model = "cvae"
-  c.model_kwargs = dict(TINY, max_len=12)
   c.optimizer = "adam"
   c.batch_size = 8
-  c.num_epochs = 2
-  c.steps_per_scan = 3
   c.eval_batch_size = 16
-  c.eval_sample_captions = 0
   c.log_every_steps = 0
   c.checkpoint_every_steps = 0
-  c.split_caption_len = 11
-  c.split_long_rows = 6  # 3.8 long captions a batch on average: some batches overflow
-  c.data_on_device = "always"
   for k, v in changes.items():
     c[k] = v
   return c
+
+
+def _split_config(data_dir, **changes):
+  # train captions of 6-12 words: 95 of 180 fit 11; 3.8 long ones a batch on average, so
+  # some batches overflow split_long_rows=6
+  return _tiny_sequence_config(
+      data_dir, **{"max_caption_len": 12, "model_kwargs": dict(TINY, max_len=12),
+                   "num_epochs": 2, "steps_per_scan": 3, "eval_sample_captions": 0,
+                   "split_caption_len": 11, "split_long_rows": 6,
+                   "data_on_device": "always", **changes})
 
 
 @pytest.mark.slow  # five tiny CVAE runs: CI's slow pass

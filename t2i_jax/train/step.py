@@ -49,22 +49,23 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
   """
   step_rng = jax.random.fold_in(rng, state.step)
   if isinstance(batch, tuple):  # parts of one batch at their own caption lengths
-    return _split_train_step(state, tuple(float_batch(b) for b in batch), step_rng)
-  batch = float_batch(batch)
+    loss_fn = _parts_loss_fn(state, tuple(float_batch(b) for b in batch), step_rng)
+  else:
+    batch = float_batch(batch)
 
-  def loss_fn(params):
-    return state.method.loss(params, batch, step_rng, state.step, state.frozen)
+    def loss_fn(params):
+      return state.method.loss(params, batch, step_rng, state.step, state.frozen)
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-def _split_train_step(state: TrainState, parts: tuple[Batch, ...],
-                      step_rng: jax.Array) -> tuple[TrainState, Metrics]:
-  """One step on a batch given as parts (``split_rows``): the loss and each metric are the
+def _parts_loss_fn(state: TrainState, parts: tuple[Batch, ...], step_rng: jax.Array):
+  """The loss of a batch given as parts (``split_rows``): the loss and each metric are the
   parts' means weighted by their rows, i.e. the means over the whole batch (a metric that
-  is not a mean, e.g. a std, is the weighted mean of the parts'); one gradient."""
+  is not a mean, e.g. a std, is the weighted mean of the parts'); each part draws its own
+  randomness from ``step_rng``."""
   rows = [jax.tree.leaves(b)[0].shape[0] for b in parts]
   weights = [r / sum(rows) for r in rows]
 
@@ -74,9 +75,7 @@ def _split_train_step(state: TrainState, parts: tuple[Batch, ...],
     metrics = {k: sum(w * m[k] for w, (_, m) in zip(weights, outs)) for k in outs[0][1]}
     return sum(w * loss for w, (loss, _) in zip(weights, outs)), metrics
 
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
-  return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  return loss_fn
 
 
 def split_rows(batches: Batch, long_rows: int, short_len: int,
