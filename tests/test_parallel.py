@@ -217,7 +217,7 @@ _DRAW_SCRIPT = textwrap.dedent("""
         return fn(params, frozen, text, *rest, **kw)
       return call
     sample._generate_fn = spy
-    three = draw(text, 2)  # 10 rows: a batch of 16, padded to 18 to split over 3 devices
+    three = draw(text, 2)  # 10 rows: a call of DRAW_BATCH (64), padded to 66 for 3 devices
     devices = jax.local_devices()
     sample.jax.local_devices = lambda: devices[:1]  # the same draw on one device
     one = draw(text, 2)
@@ -235,7 +235,7 @@ def test_sampling_splits_rows_over_the_host_devices():
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = {k: np.asarray(v, np.int32) for k, v in
          json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-  assert out["calls"].tolist() == [[18, 3], [16, 1]]  # rows per call, devices they span
+  assert out["calls"].tolist() == [[66, 3], [64, 1]]  # rows per call, devices they span
   assert out["three"].shape == (5, 2, 64, 64, 3)
   assert out["three"].std() > 5  # images, not a constant
   diff = np.abs(out["three"] - out["one"])

@@ -130,6 +130,19 @@ def test_generation_is_a_function_of_the_seed(gen):
                                 mean)
 
 
+def test_requests_of_any_size_share_one_compiled_sampler(gen):
+  """Every call draws DRAW_BATCH rows: a run's grids, samples and evaluation compile once."""
+  fn = sample._generate_fn(gen.method)  # pylint: disable=protected-access
+  two = sample.generate(gen, CAPTIONS, 1, seed=3)  # 2 rows, padded to one call
+  compiled = fn._cache_size()  # pylint: disable=protected-access
+  assert sample.DRAW_BATCH < 70
+  many = sample.generate(gen, CAPTIONS * 5, 7, seed=3)  # 70 rows: two calls
+  sample.generate(gen, CAPTIONS[:1], sample.DRAW_BATCH, seed=3)  # exactly one call
+  assert fn._cache_size() == compiled  # pylint: disable=protected-access
+  assert many.shape == (10, 7, 64, 64, 3)
+  np.testing.assert_array_equal(many[:2, :1], two)  # the same keys, the same images
+
+
 def test_captions_are_encoded_as_in_training(gen):
   table = pipeline.load_table(gen.config, "test")
   np.testing.assert_array_equal(sample.encode_captions(gen, list(table.captions[:3])),
