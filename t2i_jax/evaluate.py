@@ -281,10 +281,10 @@ def _baseline_text(gen, captions: Sequence[str]) -> np.ndarray:
                               np.float32) for c in captions])
 
 
-def _baseline_sources(train, baselines, idx_table, idx) -> list[Source]:
-  """mean_image and retrieval (deterministic), then each baseline run (random)."""
-  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
-  mean_image = np.round(sample.mean_image(train) * 255.0).astype(np.uint8)
+def _baseline_sources(train, mean_image: np.ndarray, baselines, idx_table, idx
+                      ) -> list[Source]:
+  """mean_image (uint8 [64, 64, 3], the same for every caption) and retrieval
+  (deterministic), then each baseline run (random)."""
   sources = [_fixed_source("mean_image",
                            np.broadcast_to(mean_image, (len(idx),) + mean_image.shape))]
   query = caption_vectors(idx_table.text[idx], None if idx_table.mask is None else
@@ -403,6 +403,8 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
   results = list(evaluator.setup(config))
   timing = {"images": 0, "seconds": 0.0}
   train = pipeline.load_table(config, "train")
+  from t2i_jax import sample  # pylint: disable=import-outside-toplevel
+  mean_image = np.round(sample.mean_image(train) * 255.0).astype(np.uint8)  # once, not per split
   pictures = []
   for split in evaluator.splits:
     table = pipeline.load_table(config, split)
@@ -412,10 +414,9 @@ def evaluate_dataset(evaluator: Evaluator, gen, *, config, num: int | None, seed
                                gen.default_options() if options is None else options,
                                timing)]
     else:  # a first stage: how well its reconstructions of the real images read
-      from t2i_jax import sample  # pylint: disable=import-outside-toplevel
       sources = [_fixed_source(f"{gen.config.model}_reconstruction",
                                sample.reconstruct(gen, real))]
-    sources += _baseline_sources(train, baselines, table, idx)
+    sources += _baseline_sources(train, mean_image, baselines, table, idx)
     sources.append(_fixed_source("real", real))
     results += evaluator.begin_split(split, table, idx, real)
     for source in tqdm(sources, desc=f"{evaluator.dataset}/{split}", unit="model",

@@ -280,6 +280,24 @@ def test_reader_trains_caches_and_reloads(tiny_reader, monkeypatch):
     scene_reader.get_scene_reader(train_if_missing=False, cfg=other)
 
 
+def test_one_image_broadcast_over_a_batch_is_read_once(tiny_reader, monkeypatch):
+  """The mean-image baseline's batch (one image, a zero stride) costs one read, and reads
+  as its copies do."""
+  reader, _ = tiny_reader
+  images, _ = scene_reader.render_set(2, 2, seed=6, dataset_like=True)
+  many = np.broadcast_to(images[1], (300, 64, 64, 3))
+  rows, apply = [], scene_reader.aux_net.apply_batched
+  monkeypatch.setattr(scene_reader.aux_net, "apply_batched",
+                      lambda fn, params, x, size: rows.append(len(x)) or apply(fn, params, x, size))
+  pred = reader.predict(many)
+  assert rows == [1]
+  copies = reader.predict(np.ascontiguousarray(many))
+  assert rows == [1, 300]
+  assert pred.keys() == copies.keys()
+  for key, value in copies.items():
+    np.testing.assert_array_equal(pred[key], value)
+
+
 @pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_brief_training_reads_backgrounds_and_presence(tiny_reader):
   reader, _ = tiny_reader
