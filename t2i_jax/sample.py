@@ -231,11 +231,10 @@ def draw(method: methods.Method, params: Any, frozen: Any, text: np.ndarray, *, 
   caption_id = np.repeat(np.arange(num, dtype=np.int32), n)
   sample_id = np.tile(np.arange(n, dtype=np.int32), num)
   total = num * n
-  size = DRAW_BATCH
   fn = _generate_fn(method)
   key = jax.random.key(int(seed))
   static = tuple(sorted(options.items()))
-  size, put_whole, put_rows = parallel.local_rows(size)  # rows split over local devices
+  size, put_whole, put_rows = parallel.local_rows(DRAW_BATCH)  # rows split over local devices
   params, frozen, key = put_whole((params, frozen, key))
   outputs = []
   for start in range(0, total, size):
