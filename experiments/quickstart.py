@@ -55,8 +55,8 @@ def get_config():
   devices, stage 2 217 s on one, the evaluation 28 s on both; peak RSS 3.1 GB). Stop
   53 (one compiled sampler for the in-loop grids, the samples and the evaluation; the
   in-loop eval at epochs 7 and 13, not 4, 8, 12 and 13) trains the same bits and scores
-  the same 45.3% / 41.6%. It was timed only in a slow hour of the VM (18:22-18:41 UTC):
-  321 s / 349 s and 348 s / 384 s, with stop 52's code between them at 339 s / 376 s;
+  the same 45.3% / 41.6%. It was timed only in a slow hour of the VM (18:22-19:15 UTC):
+  321 s / 349 s, 348 s / 384 s and 316 s / 347 s, with stop 52's code at 339 s / 376 s;
   the samples took 0.9-1.3 s against 4.7 s. Stop
   51's code at 12:13 UTC (stage 2 on both devices, every caption padded to 24 words):
   46.7% +- 0.7% / 43.7% +- 0.5%, shapes 66%, relations 62%, in 306 s / 334 s; stop 50's
