@@ -256,7 +256,8 @@ def _reconstruct_fn(method: methods.Method):
   return fn
 
 
-def reconstruct(gen: Generator, images: np.ndarray, batch_size: int = RECONSTRUCT_BATCH) -> np.ndarray:
+def reconstruct(gen: Generator, images: np.ndarray,
+                batch_size: int = RECONSTRUCT_BATCH) -> np.ndarray:
   """uint8 images [N, 64, 64, 3] -> the run's reconstructions of them (a first stage)."""
   fn = _reconstruct_fn(gen.method)
   out = []
