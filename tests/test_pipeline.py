@@ -1,11 +1,13 @@
 """The tf.data pipeline over a prepared (tiny) shapes dataset."""
 
+import os
+
 import chex
 import ml_collections
 import numpy as np
 import pytest
 
-from t2i_jax.data import pipeline, prepare
+from t2i_jax.data import integrity, pipeline, prepare
 from t2i_jax.errors import UserError
 
 
@@ -55,6 +57,25 @@ def test_stored_images_are_the_rendered_ones(prepared):
   assert sorted(rendered) == sorted(t.image_ids)
   for i, name in enumerate(t.image_ids):
     np.testing.assert_array_equal(t.images[i], rendered[name])
+
+
+def test_a_table_is_read_once_per_process_until_its_files_change(prepared):
+  """One run reads a split several times (each stage, the evaluation): the first read is
+  shared, read-only, and a shard rewritten since is read again."""
+  cfg, _ = prepared
+  first = pipeline.load_table(cfg, "test")
+  assert pipeline.load_table(cfg, "test") is first
+  with pytest.raises(ValueError):
+    first.images[0, 0, 0, 0] = 1
+  with pytest.raises(ValueError):
+    first.text[0] = 0.0
+  path, _ = integrity.split_shards(pipeline.get_builder(cfg), "test")[0]
+  st = path.stat()
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+  again = pipeline.load_table(cfg, "test")
+  assert again is not first
+  np.testing.assert_array_equal(again.text, first.text)
+  np.testing.assert_array_equal(again.images, first.images)
 
 
 def test_png_bytes_refuses_what_is_not_a_stored_image():
