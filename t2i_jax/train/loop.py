@@ -12,6 +12,7 @@ checkpoints/ (``t2i_jax.checkpoint``), frozen/ (frozen params, once) and .lock.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -320,22 +321,6 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   parallel.check_batch_size(config.batch_size, mesh)
   method = methods.get(config)
   frozen = _load_or_store_frozen(workdir, method, config, main)
-  # Every random stream is a pure function of the seed (and the step, inside the steps).
-  init_rng, train_rng, _ = in_loop_eval.run_rngs(config.seed)
-  state = parallel.replicate(create_train_state(
-      config, init_rng, train_table.pairs(np.arange(1)), frozen=frozen, method=method), mesh)
-  train_rng = parallel.replicate(train_rng, mesh)
-  if latest is not None:
-    tree, _ = checkpointer.restore(state.checkpoint_tree())  # placed like `state`
-    state = state.with_checkpoint_tree(tree)
-    if int(state.step) >= total:
-      if main:
-        print(f"{workdir} already holds a finished run (step {int(state.step)} of {total}); "
-              "nothing to do.")
-      return state
-    if int(state.step) != saved.step:  # the newest checkpoint was unreadable: use its own meta
-      saved = CheckpointMeta.from_json(checkpointer.restore_meta(int(state.step)))
-  step = int(state.step)
   on_device, why = step_lib.device_data_decision(config, train_table)
   if main and config.data_on_device == "auto" and not on_device:
     print(f"data: {why}.")
@@ -348,9 +333,34 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
       raise UserError(f"--config.split_long_rows={config.split_long_rows} must be a multiple "
                       f"of the {mesh.devices.size} devices.")
     split = (config.split_long_rows, config.split_caption_len, mesh)
-  device_data, features = None, None
-  if on_device:  # a family may read the images only through frozen params: encode them once
-    features = method.image_features(state.frozen, train_table.images)
+  # Every random stream is a pure function of the seed (and the step, inside the steps).
+  init_rng, train_rng, _ = in_loop_eval.run_rngs(config.seed)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as encoder:
+    # A family may read the images only through frozen params: they are encoded once, on a
+    # second thread while the params' init compiles on this one (about 3 s each for the
+    # quickstart's stage 2; the same values as encoding after it).
+    finished = saved is not None and saved.step >= total  # nothing to encode for
+    features = (encoder.submit(method.image_features, frozen, train_table.images)
+                if on_device and not finished else None)
+    state = parallel.replicate(create_train_state(
+        config, init_rng, train_table.pairs(np.arange(1)), frozen=frozen, method=method), mesh)
+    features = None if features is None else features.result()
+  train_rng = parallel.replicate(train_rng, mesh)
+  if latest is not None:
+    tree, _ = checkpointer.restore(state.checkpoint_tree())  # placed like `state`
+    state = state.with_checkpoint_tree(tree)
+    if int(state.step) >= total:
+      if main:
+        print(f"{workdir} already holds a finished run (step {int(state.step)} of {total}); "
+              "nothing to do.")
+      return state
+    if int(state.step) != saved.step:  # the newest checkpoint was unreadable: use its own meta
+      saved = CheckpointMeta.from_json(checkpointer.restore_meta(int(state.step)))
+  step = int(state.step)
+  device_data = None
+  if on_device:
+    if features is None:  # 'finished', but its newest checkpoint was unreadable
+      features = method.image_features(frozen, train_table.images)
     device_data = step_lib.device_table(train_table, mesh, features)
   if main:
     (workdir / "config.json").write_text(
