@@ -260,8 +260,13 @@ def _model_source(name: str, gen, text: np.ndarray, options: Mapping[str, Any],
     return cache[seed]
 
   def draw(rows: np.ndarray, n: int) -> np.ndarray:
-    return sample.draw(gen.method, gen.params, gen.frozen, text[rows], n=n, seed=SPREAD_SEED,
-                       options=options)
+    # The seeds' images already drawn for these captions are the first of their n samples;
+    # only the rest are new (seed SPREAD_SEED).
+    drawn = [cache[seed][rows][:, None] for seed in sorted(cache)][:n]
+    if len(drawn) < n:
+      drawn.append(sample.draw(gen.method, gen.params, gen.frozen, text[rows], n=n - len(drawn),
+                               seed=SPREAD_SEED, options=options))
+    return np.concatenate(drawn, axis=1)
 
   return Source(name, images, random=True, draw=draw)
 

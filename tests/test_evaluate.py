@@ -298,6 +298,38 @@ def test_one_image_broadcast_over_a_batch_is_read_once(tiny_reader, monkeypatch)
     np.testing.assert_array_equal(pred[key], value)
 
 
+def test_spread_samples_start_with_the_seeds_images(monkeypatch):
+  """open_cell_diversity's samples of a caption begin with the images its seeds already
+  drew; only the rest are drawn, at SPREAD_SEED."""
+  calls = []
+
+  def fake_draw(method, params, frozen, text, *, n, seed, options):
+    del method, params, frozen, options
+    calls.append((len(text), n, seed))
+    out = np.zeros((len(text), n, 64, 64, 3), np.uint8)
+    out[..., 0, 0, 0] = text[:, :1]  # which caption
+    out[..., 0, 0, 1] = seed % 251  # which seed
+    out[..., 0, 0, 2] = np.arange(n)  # which sample of the call
+    return out
+
+  monkeypatch.setattr(sample, "draw", fake_draw)
+  gen = dataclasses.make_dataclass("Gen", ["method", "params", "frozen"])(None, None, None)
+  text = np.arange(10, dtype=np.float32)[:, None]
+  rows = np.array([2, 5])
+  fresh = evaluate._model_source("flow", gen, text, {})
+  assert fresh.draw(rows, 8).shape == (2, 8, 64, 64, 3) and calls == [(2, 8, evaluate.SPREAD_SEED)]
+  source = evaluate._model_source("flow", gen, text, {})
+  seeds = [source.images(seed) for seed in range(3)]
+  calls.clear()
+  got = source.draw(rows, 8)
+  assert calls == [(2, 5, evaluate.SPREAD_SEED)]
+  np.testing.assert_array_equal(got[:, :3], np.stack([s[rows] for s in seeds], axis=1))
+  np.testing.assert_array_equal(got[:, 3:, 0, 0, 1], evaluate.SPREAD_SEED % 251)
+  np.testing.assert_array_equal(got[:, :, 0, 0, 0], [[2] * 8, [5] * 8])
+  calls.clear()
+  assert source.draw(rows, 2).shape == (2, 2, 64, 64, 3) and calls == []
+
+
 @pytest.mark.slow  # moved to CI's slow pass: the default run stays near 8 min
 def test_brief_training_reads_backgrounds_and_presence(tiny_reader):
   reader, _ = tiny_reader
