@@ -6,6 +6,7 @@ Run: python -m experiments.cvae_quickstart --workdir runs/cvae_quickstart
 import sys
 
 from experiments import cvae_shapes, quickstart
+from t2i_jax import train
 
 
 def get_config():
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  train.exit_process(main(sys.argv[1:]))

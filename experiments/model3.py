@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  train.exit_process(main(sys.argv[1:]))

@@ -261,4 +261,4 @@ def train_sample_evaluate(get_config_fn, argv) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  train.exit_process(main(sys.argv[1:]))

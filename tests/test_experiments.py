@@ -56,3 +56,23 @@ def test_every_training_config_builds_its_optimizer(name):
   for stage in _training_stages(name):
     loop.validate(stage)  # the schedule and every checked setting: one line if not
     assert state.optimizer(stage) is not None
+
+
+def test_exit_process_keeps_the_exit_code_and_runs_atexit_handlers(tmp_path):
+  """An experiment's __main__ ends through train.exit_process (no final garbage collection):
+  its exit code and atexit handlers are those of sys.exit."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  marker = tmp_path / "atexit_ran"
+  code = ("import atexit, pathlib\n"
+          f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+          "from t2i_jax.train import exit_process\n"
+          "exit_process(3)\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert done.returncode == 3, done.stderr
+  assert marker.read_text() == "yes"
+  for name in TRAINING:
+    source = importlib.util.find_spec(f"experiments.{name}").loader.get_source(
+        f"experiments.{name}")
+    assert "train.exit_process(main(sys.argv[1:]))" in source, name

@@ -10,7 +10,7 @@
   * ``cli``: ``main_from_module``, the command line of experiment modules.
 """
 
-from t2i_jax.train.cli import main_from_module, run_main, split_workdir
+from t2i_jax.train.cli import exit_process, main_from_module, run_main, split_workdir
 from t2i_jax.train.in_loop_eval import EXAMPLE_MASK, evaluate, make_eval_step
 from t2i_jax.train.loop import (CheckpointMeta, NonFiniteLossError, on_nonfinite,
                                 train_and_evaluate)
@@ -23,7 +23,7 @@ from t2i_jax.train.writers import MetricsWriter
 
 __all__ = [
     "CheckpointMeta", "EXAMPLE_MASK", "MetricsWriter", "NonFiniteLossError", "TrainState",
-    "TrainingInterrupted", "create_train_state", "device_table", "evaluate",
+    "TrainingInterrupted", "create_train_state", "device_table", "evaluate", "exit_process",
     "main_from_module", "make_eval_step", "on_nonfinite", "resolve_run_dir", "run_main",
     "split_workdir", "train_stages",
     "train_and_evaluate", "train_chunk", "train_chunk_on_device", "train_step",

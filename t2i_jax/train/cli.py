@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import ml_collections
 
@@ -96,4 +97,14 @@ def main_from_module(get_config: Callable[[], ml_collections.ConfigDict],
   return run_main(body)
 
 
-__all__ = ["command_line", "main_from_module", "print_help", "run_main", "split_workdir"]
+def exit_process(code: int) -> NoReturn:
+  """``sys.exit(code)`` for an experiment's ``__main__``, without the interpreter's final
+  garbage collection: over TensorFlow's and JAX's objects it took 1-1.5 s of every command
+  on the AMD VM. Run, checkpoints and writers are closed by then; atexit handlers and
+  reference-counted finalisers still run, and only cyclic garbage is left to the OS."""
+  gc.freeze()
+  sys.exit(code)
+
+
+__all__ = ["command_line", "exit_process", "main_from_module", "print_help", "run_main",
+           "split_workdir"]
