@@ -359,7 +359,9 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   step = int(state.step)
   device_data = None
   if on_device:
-    if features is None:  # 'finished', but its newest checkpoint was unreadable
+    # Not encoded above: a family without features (None again, at once), or a run whose
+    # meta said finished but whose newest checkpoint proved unreadable.
+    if features is None:
       features = method.image_features(frozen, train_table.images)
     device_data = step_lib.device_table(train_table, mesh, features)
   if main:
