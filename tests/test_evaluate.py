@@ -66,6 +66,32 @@ def test_real_scenes_satisfy_every_stated_attribute():
   assert shapes_eval.shapes_scores(empty, stated)["all_stated_correct"][0] == 0
 
 
+def test_a_splits_real_images_are_read_once():
+  """begin_split reads the real images for the reader's accuracy; scoring them as the
+  'real' source reuses that read, and any other array (even equal) is read anew."""
+  examples = list(shapes.generate_split("compositional", num_images=400, stop=6))
+  truth = _truth(examples)
+  reads = []
+
+  class CountingReader:  # reads every image as its true scene, and counts the reads
+    meta = {}
+
+    def predict(self, images):
+      reads.append(len(images))
+      return {k: v[:len(images)] for k, v in truth.items()}
+
+  table = dataclasses.make_dataclass("T", ["extras"])({
+      "stated": np.stack([ex["stated"][0] for ex in examples]),
+      **{f"attr_{k}": v for k, v in truth.items()}})
+  real = np.stack([ex["image"] for ex in examples])
+  evaluator = shapes_eval.ShapesEvaluator(reader=CountingReader())
+  idx = np.arange(len(examples))
+  entries = evaluator.begin_split("compositional", table, idx, real)
+  assert reads == [6] and all(e["mean"] == 1.0 for e in entries)
+  assert evaluator.score(real)["all_stated_correct"] == (6, 6) and reads == [6]
+  assert evaluator.score(real.copy())["all_stated_correct"] == (6, 6) and reads == [6, 6]
+
+
 def test_pooled_accuracy_agrees_with_attribute_accuracy():
   examples = list(shapes.generate_split("test", num_images=400, stop=10))
   truth = _truth(examples)
