@@ -48,12 +48,13 @@ def get_config():
   Writes WORKDIR/stage2/samples/quickstart.png (6 samples for each of CAPTIONS) and
   WORKDIR/stage2/eval/ (results.json and grids), and prints the evaluation table.
 
-  Measured (2-core AMD EPYC VM, alone, 2026-12-07 21:31 and 21:37 UTC, stop 54; README
+  Measured (2-core AMD EPYC VM, alone, 2026-12-07 22:07 and 22:17 UTC, stop 54; README
   "Quick start"): every stated attribute right in 45.3% +- 1.4% of test images (41.6% +-
-  1.3% compositional), shapes 65%, relations 58%; 276 / 282 s cold to prepare, train and
-  draw the samples, 300 / 305 s with the evaluation by the command's line, 304 / 307 s
-  by /usr/bin/time's wall clock (stop 53's code at 21:25: 295 s / 321 s, 325 s wall);
-  peak RSS 2.9 GB. Stop 52's code, the same bits (15:17 UTC, a fast hour): 282 s cold to
+  1.3% compositional), shapes 65%, relations 58%; 258 / 263 s cold to prepare, train and
+  draw the samples, 277 / 283 s with the evaluation by the command's line, 280 / 286 s
+  by /usr/bin/time's wall clock (stop 53's code at 22:12: 278 s / 304 s, 307 s wall);
+  peak RSS 2.9 GB. In a slower half hour (21:31-21:37 UTC) the code before stop 54's last
+  two changes (1.4 s) took 304-307 s wall. Stop 52's code, the same bits (15:17 UTC, a fast hour): 282 s cold to
   prepare, train and draw the samples, 310 s with the evaluation (start-up, preparing and stage 1 62 s on 2 host
   devices, stage 2 217 s on one, the evaluation 28 s on both; peak RSS 3.1 GB). Stop
   53 (one compiled sampler for the in-loop grids, the samples and the evaluation; the
