@@ -385,6 +385,35 @@ def test_split_caption_len_trains_two_parts_per_batch_and_resumes_exactly(tmp_pa
     train.train_and_evaluate(_split_config(data, data_on_device="never"), tmp_path / "off")
 
 
+def test_a_split_run_with_the_judge_trains_on_after_each_eval(tmp_path, monkeypatch):
+  """split_caption_len with the in-loop judge, eval every epoch: the chunks after an eval
+  keep their two-part layout (the loop once named its judge's splits with the layout's
+  variable, so the first chunk after an eval failed). A stub judge: the loop is tested."""
+  from t2i_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from t2i_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  layouts, chunk_fn = [], step_lib.train_chunk_on_device
+
+  def spy(state, data, index, rng, num_steps, skip, split):
+    layouts.append(split[:2])
+    return chunk_fn(state, data, index, rng, num_steps, skip, split)
+
+  judged = []
+
+  def judge(params, frozen):
+    judged.append(len(layouts))
+    return {"test": {"all_stated_correct": 0.5}, "compositional": {"all_stated_correct": 0.25}}
+
+  monkeypatch.setattr(step_lib, "train_chunk_on_device", spy)
+  monkeypatch.setattr(loop, "_make_judge", lambda config, method, main: judge)
+  state = train.train_and_evaluate(_split_config(tmp_path / "tfds", judge_num=2,
+                                                 steps_per_scan=1), tmp_path / "w")
+  records = [json.loads(line) for line in
+             (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  evals = [r["step"] for r in records if r["split"] == "judge_compositional"]
+  assert len(evals) == 2 and evals[-1] == int(state.step) == len(layouts)
+  assert judged[0] < len(layouts) and set(layouts) == {(6, 11)}  # trained on after an eval
+
+
 @pytest.mark.parametrize("changes", [{"split_caption_len": 12}, {"split_long_rows": 0},
                                      {"split_long_rows": 8},
                                      {"split_caption_len": 4, "caption_mode": "sum"}])

@@ -324,7 +324,8 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
   on_device, why = step_lib.device_data_decision(config, train_table)
   if main and config.data_on_device == "auto" and not on_device:
     print(f"data: {why}.")
-  split = None
+  # Named apart from the judge's 'test' / 'compositional' below: this one reaches every chunk.
+  caption_split = None
   if config.split_caption_len:
     if not on_device:
       raise UserError(f"--config.split_caption_len needs the train table on the device ({why}); "
@@ -332,7 +333,7 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
     if config.split_long_rows % mesh.devices.size:
       raise UserError(f"--config.split_long_rows={config.split_long_rows} must be a multiple "
                       f"of the {mesh.devices.size} devices.")
-    split = (config.split_long_rows, config.split_caption_len, mesh)
+    caption_split = (config.split_long_rows, config.split_caption_len, mesh)
   # Every random stream is a pure function of the seed (and the step, inside the steps).
   init_rng, train_rng, _ = in_loop_eval.run_rngs(config.seed)
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as encoder:
@@ -422,7 +423,8 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
                                                           int(config.steps_per_scan)), mesh)
         if on_device:
           state, metrics = step_lib.train_chunk_on_device(state, device_data, chunk["index"],
-                                                          train_rng, end - step, skip, split)
+                                                          train_rng, end - step, skip,
+                                                          caption_split)
         else:
           state, metrics = step_lib.train_chunk(state, chunk, train_rng, end - step, skip)
         if pending is not None:
@@ -458,9 +460,9 @@ def _train(config, workdir: Path, checkpointer: checkpoint_lib.Checkpointer,
             t1 = time.perf_counter()
             verdicts = judge(jax.device_get(state.eval_params), jax.device_get(state.frozen))
             test["judge_time_s"] = time.perf_counter() - t1
-            for split, metrics in verdicts.items():
-              writer.write(split=f"judge_{split}", step=step, epoch=epoch, scope=scope,
-                           metrics=metrics)
+            for judged, verdict in verdicts.items():
+              writer.write(split=f"judge_{judged}", step=step, epoch=epoch, scope=scope,
+                           metrics=verdict)
           test["eval_time_s"] = time.perf_counter() - t0
           writer.write(split="test", step=step, epoch=epoch, scope=scope, metrics=test)
           log_t0 += test["eval_time_s"]
