@@ -124,6 +124,10 @@ def get_config():
   # 17,000 steps in that time: 79.3% / 77.4% / 81% (docs/flow_experiments.md).
   c.stage2.model_kwargs.width = 160
   c.stage2.model_kwargs.num_heads = 5
+  # The quickstart's speed-ups here (stop 55: stage 1 on 2 host devices, 110 s against
+  # 224 s; stage 2 on one with short captions padded to 16 words, split_caption_len) let
+  # 7,600 steps run in about 46 min cold, but ended at 83.6% / 83.9% / relations 78% all
+  # stated right, 12 points behind on relations (docs/flow_experiments.md): not kept.
   c.stage2.max_steps = 6800
   c.stage2.lr_schedule = "wsd"
   c.stage2.lr_decay_start = 5000
