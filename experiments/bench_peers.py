@@ -532,6 +532,9 @@ def _child(config, peer: str, batches=None) -> dict:
     return run_job(config, peer)
   env = dict(os.environ, **{_CHILD_ENV: json.dumps(config.to_dict())})
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if peer == "keras":  # TF as its users run it: oneDNN on (TF's default), or their setting
+    from t2i_jax.data import common  # pylint: disable=import-outside-toplevel
+    env["TF_ENABLE_ONEDNN_OPTS"] = common.USER_TF_ONEDNN_OPTS or "1"
   proc = subprocess.run([sys.executable, "-m", "experiments.bench_peers",
                          f"--config.child={peer}"], env=env, capture_output=True, text=True,
                         check=False)

@@ -64,3 +64,26 @@ def test_a_flow_experiment_that_cannot_be_timed_gives_one_line_and_the_others_st
   flows = bench_peers.run_job(config, "flow")["flow"]
   assert [f["experiment"] for f in flows] == ["no_such_experiment", "model1"]
   assert all("error" in f and "\n" not in f["error"] for f in flows)
+
+
+def test_the_keras_peer_runs_with_tfs_own_onednn_setting(monkeypatch):
+  """The library turns TF's oneDNN off (TF only moves data there, and its notice is noise);
+  the Keras peer's subprocess gets it back: TF's default (on), or the user's own value."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from t2i_jax.data import common  # pylint: disable=import-outside-toplevel
+  common.quiet_tensorflow()
+  assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == (common.USER_TF_ONEDNN_OPTS or "0")
+  seen = {}
+
+  def fake_run(cmd, env, **kwargs):
+    seen[cmd[-1]] = env.get("TF_ENABLE_ONEDNN_OPTS")
+    return subprocess.CompletedProcess(cmd, 0, stdout='{"rows": []}\n', stderr="")
+
+  monkeypatch.setattr(bench_peers.subprocess, "run", fake_run)
+  for user in (None, "0"):
+    monkeypatch.setattr(common, "USER_TF_ONEDNN_OPTS", user)
+    for peer in ("keras", "torch"):
+      bench_peers._child(bench_peers.get_config(), peer)  # pylint: disable=protected-access
+    assert seen["--config.child=keras"] == (user or "1")
+    assert seen["--config.child=torch"] == os.environ["TF_ENABLE_ONEDNN_OPTS"]

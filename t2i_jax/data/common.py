@@ -29,9 +29,19 @@ def default_data_dir() -> str:
   return os.environ.get("T2I_DATA_DIR") or str(Path.home() / "tensorflow_datasets")
 
 
+# The user's own TF_ENABLE_ONEDNN_OPTS, before quiet_tensorflow sets it: experiments.
+# bench_peers gives it back to its Keras peer, whose matmuls TF computes.
+USER_TF_ONEDNN_OPTS = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
 def quiet_tensorflow() -> None:
-  """Keeps TF's C++ logging and GPU probing out of the user's terminal."""
+  """Keeps TF's C++ logging, its oneDNN notice and GPU probing out of the user's terminal.
+
+  TF only moves data here (tf.data, TFDS), so its oneDNN kernels never run; their notice
+  is printed at TF's import whatever TF_CPP_MIN_LOG_LEVEL says (two lines a process, and
+  a process that spawns workers prints it again). A user's own setting wins."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   os.environ.setdefault("NO_GCE_CHECK", "true")
 
 
