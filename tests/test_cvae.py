@@ -385,6 +385,7 @@ def test_split_caption_len_trains_two_parts_per_batch_and_resumes_exactly(tmp_pa
     train.train_and_evaluate(_split_config(data, data_on_device="never"), tmp_path / "off")
 
 
+@pytest.mark.slow  # a tiny CVAE run over two evals, 25 s: CI's slow pass
 def test_a_split_run_with_the_judge_trains_on_after_each_eval(tmp_path, monkeypatch):
   """split_caption_len with the in-loop judge, eval every epoch: the chunks after an eval
   keep their two-part layout (the loop once named its judge's splits with the layout's
