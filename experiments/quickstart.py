@@ -54,9 +54,10 @@ def get_config():
   draw the samples, 277 / 283 s with the evaluation by the command's line, 280 / 286 s
   by /usr/bin/time's wall clock (stop 53's code at 22:12: 278 s / 304 s, 307 s wall);
   peak RSS 2.9 GB. In slow spells: 318 s wall at 22:36 UTC, and 304-307 s at 21:31-21:37
-  for the code before stop 54's last two changes (1.4 s). Stop 52's code, the same bits (15:17 UTC, a fast hour): 282 s cold to
-  prepare, train and draw the samples, 310 s with the evaluation (start-up, preparing and stage 1 62 s on 2 host
-  devices, stage 2 217 s on one, the evaluation 28 s on both; peak RSS 3.1 GB). Stop
+  for the code before stop 54's last two changes (1.4 s). Stop 52's code, the same bits
+  (15:17 UTC, a fast hour): 282 s cold to prepare, train and draw the samples, 310 s with
+  the evaluation (start-up, preparing and stage 1 62 s on 2 host devices, stage 2 217 s
+  on one, the evaluation 28 s on both; peak RSS 3.1 GB). Stop
   53 (one compiled sampler for the in-loop grids, the samples and the evaluation; the
   in-loop eval at epochs 7 and 13, not 4, 8, 12 and 13) trains the same bits and scores
   the same 45.3% / 41.6%. It was timed only in a slow hour of the VM (18:22-19:15 UTC):
