@@ -36,6 +36,20 @@ def test_prepare_summary_and_noop(prepared, capsys):
   assert again["pairs_per_split"] == summary["pairs_per_split"]
 
 
+def test_preparing_says_preparing_not_downloading_and_drops_tfds_not_prepared_warning(
+    tmp_path, capsys, caplog):
+  cfg = _config(tmp_path, num_images=30, shapes_seed=11)
+  prepare.prepare(pipeline.get_builder(cfg), quiet=True)
+  out = capsys.readouterr().out
+  assert "Preparing shapes/" in out and str(tmp_path) in out
+  assert "Downloading" not in out and "downloaded" not in out
+  assert not [r for r in caplog.records if "Variant folder" in r.getMessage()]
+  # Only that one TFDS warning goes: the filter lets its other absl warnings through.
+  from absl import logging as absl_logging
+  absl_logging.warning("Variant folder %s has invalid version %s", "x", "y")
+  assert [r for r in caplog.records if "invalid version" in r.getMessage()]
+
+
 def test_table_dedupes_images(prepared):
   cfg, _ = prepared
   t = pipeline.load_table(cfg, "train")

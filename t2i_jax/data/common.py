@@ -43,6 +43,32 @@ def quiet_tensorflow() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   os.environ.setdefault("NO_GCE_CHECK", "true")
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logger = absl_logging.get_absl_logger()
+  if _drop_tfds_not_prepared_warning not in absl_logger.filters:
+    absl_logger.addFilter(_drop_tfds_not_prepared_warning)
+
+
+def _drop_tfds_not_prepared_warning(record) -> bool:
+  """TFDS's ``is_prepared()`` warns "Variant folder ... has no dataset_info.json" each time it
+  answers no: three lines before every first prepare. prepare.prepare already rebuilds a
+  folder that exists unprepared, so the line never tells our user anything."""
+  return not str(record.msg).startswith("Variant folder %s has no ")
+
+
+class PrepareMessages:
+  """TFDS's own lines at prepare time, worded for data that is made here, not downloaded.
+
+  A mixin for our builders (``class Shapes(PrepareMessages, tfds.core.GeneratorBasedBuilder)``):
+  TFDS would print "Downloading and preparing dataset Unknown size (download: Unknown size,
+  ...)" first and "... downloaded and prepared ..." at the end."""
+
+  def _log_download_bytes(self) -> None:
+    print(f"Preparing {self.name}/{self.builder_config_name} in {self.data_dir} "
+          "(once: later runs reuse it)...", flush=True)
+
+  def _log_download_done(self) -> None:
+    pass  # prepare.format_summary follows, with the path and what the dataset holds
 
 
 def host_only_tensorflow() -> None:

@@ -900,7 +900,8 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
     raise UserError(f"Unknown image mode {image_mode!r}; use one of {', '.join(IMAGE_MODES)}.")
   name = f"{image_mode}_{spec.tag}"
 
-  class Flickr8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class Flickr8k(common.PrepareMessages, tfds.core.GeneratorBasedBuilder,
+                     skip_registration=True):
     """Flickr8k: 8,091 photos with five crowd-sourced captions each, at 64x64."""
 
     VERSION = tfds.core.Version("1.0.0")

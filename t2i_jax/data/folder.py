@@ -296,7 +296,8 @@ def make_builder(spec, manual_dir: str, data_dir: str | None = None, image_mode:
   name = config_name(manual_dir, image_mode, test_fraction, spec)
   root = Path(manual_dir).expanduser()
 
-  class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class Folder(common.PrepareMessages, tfds.core.GeneratorBasedBuilder,
+                   skip_registration=True):
     """Your own images and captions, at 64x64."""
 
     VERSION = tfds.core.Version("1.0.0")
