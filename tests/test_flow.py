@@ -509,6 +509,7 @@ def test_a_narrower_word_encoder_feeds_the_wider_dit(flow_setup):
   assert float(jnp.abs(grads["word_encoder"]["embed"]["kernel"]).max()) > 0
 
 
+@pytest.mark.slow  # an option off by default: CI's slow pass keeps the default run near 8 min
 def test_shared_adaln_is_one_dense_plus_a_table_per_block(flow_setup):
   method = FlowMethod.from_config(_config(model_kwargs=ml_collections.ConfigDict(
       dict(TINY, shared_adaln=True, depth=2))))
