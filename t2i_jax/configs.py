@@ -420,8 +420,13 @@ def apply_overrides(config: ml_collections.ConfigDict,
   names the key; keys inside OPEN_DICTS may be added (their value is a Python literal).
   """
   config = ml_collections.ConfigDict(config.to_dict())
+  shared = shared_stage_keys(config)
   for key, text in _split_overrides(argv):
     parts = key.split(".")
+    if len(parts) == 2 and parts[0] in config.get("stages", ()) and parts[1] in shared:
+      # train.stages would overwrite it with the top-level value: refuse, not ignore.
+      raise UserError(f"--config.{key}: {parts[1]} is shared by every stage (the top-level "
+                      f"value replaces each stage's); set --config.{parts[1]}={text} instead.")
     node = config
     for depth, part in enumerate(parts[:-1]):
       child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
@@ -443,6 +448,15 @@ def apply_overrides(config: ml_collections.ConfigDict,
     del node[leaf]
     node[leaf] = value
   return config
+
+
+def shared_stage_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """The keys a multi-stage config shares (``train.stages``): every plain top-level value,
+  e.g. the data and the seed; [] for a one-stage config."""
+  if "stages" not in config:
+    return []
+  return [k for k in config.keys()
+          if k != "stages" and not isinstance(config[k], ml_collections.ConfigDict)]
 
 
 def _unknown_key(config: ml_collections.ConfigDict, key: str) -> None:

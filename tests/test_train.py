@@ -302,6 +302,20 @@ def test_bad_overrides_are_one_line_user_errors(arg, match):
   assert "\n" not in str(e.value)
 
 
+def test_a_stage_level_override_of_a_shared_key_is_refused_not_ignored():
+  from experiments import flow_shapes  # pylint: disable=import-outside-toplevel
+  c = flow_shapes.get_config()
+  with pytest.raises(UserError, match=r"--config.stage2.seed: seed is shared by every "
+                     r"stage.*set --config.seed=1 instead") as e:
+    configs.apply_overrides(c, ["--config.stage2.seed=1"])
+  assert "\n" not in str(e.value)
+  with pytest.raises(UserError, match="--config.stage1.num_images"):
+    configs.apply_overrides(c, ["--config.stage1.num_images=50"])
+  ok = configs.apply_overrides(c, ["--config.seed=1", "--config.stage2.batch_size=32"])
+  assert (ok.seed, ok.stage2.batch_size) == (1, 32)
+  assert configs.shared_stage_keys(configs.base_config()) == []
+
+
 def test_experiment_configs_and_main(tmp_path, capsys):
   for name, lr in (("model1", 1e-2), ("model2", 1e-3), ("model3", 1e-3)):
     c = configs.load_config_module(f"experiments.{name}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
+from t2i_jax import configs
 from t2i_jax.errors import UserError
 
 STAGES_FILE = "stages.json"
@@ -28,9 +29,7 @@ def stage_configs(config: ml_collections.ConfigDict,
   workdir = Path(workdir).expanduser()
   out = []
   previous = None
-  # Stage configs are sub-dicts; every plain top-level value is shared data.
-  shared = [k for k in config.keys()
-            if k != "stages" and not isinstance(config[k], ml_collections.ConfigDict)]
+  shared = configs.shared_stage_keys(config)  # stage configs are sub-dicts; the rest is shared
   for name in config.stages:
     if name not in config:
       raise UserError(f"config.stages names {name!r}, but the config has no {name!r} entry.")
