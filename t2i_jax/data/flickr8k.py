@@ -901,7 +901,7 @@ def make_builder(spec, data_dir: str | None = None, image_mode: str = "paper"):
   name = f"{image_mode}_{spec.tag}"
 
   class Flickr8k(common.PrepareMessages, tfds.core.GeneratorBasedBuilder,
-                     skip_registration=True):
+                 skip_registration=True):
     """Flickr8k: 8,091 photos with five crowd-sourced captions each, at 64x64."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -297,7 +297,7 @@ def make_builder(spec, manual_dir: str, data_dir: str | None = None, image_mode:
   root = Path(manual_dir).expanduser()
 
   class Folder(common.PrepareMessages, tfds.core.GeneratorBasedBuilder,
-                   skip_registration=True):
+               skip_registration=True):
     """Your own images and captions, at 64x64."""
 
     VERSION = tfds.core.Version("1.0.0")

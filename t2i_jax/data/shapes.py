@@ -524,7 +524,7 @@ def make_builder(spec, data_dir: str | None = None, num_images: int = 20000, see
   name = f"n{num_images}_seed{seed}_{spec.tag}"
 
   class Shapes(common.PrepareMessages, tfds.core.GeneratorBasedBuilder,
-                   skip_registration=True):
+               skip_registration=True):
     """Captioned shapes: 64x64 scenes, five captions each, exact ground truth."""
 
     VERSION = tfds.core.Version("1.0.0")
