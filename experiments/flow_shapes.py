@@ -88,9 +88,10 @@ def get_config():
   # nothing: 73.9% / 75.9% / relations 81% against 76.2% / 76.7% / 84% (docs/flow_experiments.md).
   c.stage1.max_steps = 1000
   # flow_config's KL weight (1e-4) stays: 1e-3, a smoother latent, read shapes back at
-  # 97.6% and its stage 2 led the judge to step 3,515, then ended at 85.8% / 85.8% / relations
-  # 87% all stated right (3.1 / 2.5 / 2.7 points behind); EQ-VAE's scale-equivariance term (equivariance_weight
-  # 1) put stage 2 13 points behind at 3,515 (docs/flow_experiments.md).
+  # 97.6% and its stage 2 led the judge to step 3,515, then ended at 85.8% / 85.8% /
+  # relations 87% all stated right (3.1 / 2.5 / 2.7 points behind; inside the training
+  # seed's spread, stop 56); EQ-VAE's scale-equivariance term (equivariance_weight 1) put
+  # stage 2 13 points behind at 3,515 (docs/flow_experiments.md).
   # Muon on stage 1's conv kernels too (flattened to (3 * 3 * in) x out; AdamW, at Adam's
   # 2e-3, on the biases): at the same 1,000 steps and time per step, test PSNR 34.6 dB
   # against Adam's 29.8, shapes read back at 99.0% test / 99.9% compositional against 94.1%
